@@ -1,0 +1,59 @@
+"""Apache Airflow provider for CVAT: export finished annotation work, retrain, publish.
+
+This module is imported by every Airflow process through the provider entry point, so it
+imports nothing heavy: no Airflow, no cvat-sdk, no TensorFlow.
+"""
+
+__version__ = "0.1.0"
+
+
+def get_provider_info() -> dict:
+    """Provider metadata read by Airflow's ProvidersManager (connection form, hooks, operators)."""
+    return {
+        "package-name": "airflow-provider-cvat",
+        "name": "CVAT",
+        "description": "Export finished annotation work from CVAT and retrain pre-annotation models.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "CVAT",
+                "external-doc-url": "https://docs.cvat.ai/",
+                "tags": ["software"],
+            }
+        ],
+        "hooks": [{"integration-name": "CVAT", "python-modules": ["airflow_cvat.hooks.cvat"]}],
+        "operators": [
+            {"integration-name": "CVAT", "python-modules": ["airflow_cvat.operators.export"]},
+        ],
+        "connection-types": [
+            {
+                "connection-type": "cvat",
+                "hook-class-name": "airflow_cvat.hooks.cvat.CVATHook",
+                "hook-name": "CVAT",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port"],
+                    "relabeling": {
+                        "host": "Server URL",
+                        "login": "User (leave empty when using a token)",
+                        "password": "Personal access token, or the user's password",
+                    },
+                    "placeholders": {
+                        "host": "https://app.cvat.ai",
+                        "login": "",
+                        "password": "personal access token",
+                    },
+                },
+                "conn-fields": {
+                    "organization": {
+                        "label": "Organization",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Organization slug (X-Organization); empty: personal workspace.",
+                    },
+                    "verify_ssl": {
+                        "label": "Verify TLS certificate",
+                        "schema": {"type": ["boolean", "null"], "default": True},
+                    },
+                },
+            }
+        ],
+    }

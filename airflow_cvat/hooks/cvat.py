@@ -1,0 +1,308 @@
+"""CVATHook: the one place that talks to a CVAT server.
+
+Built on cvat-sdk so that authentication, organizations and the API's models follow CVAT's own
+client. What this layer adds is what an Airflow task needs: retries with backoff on transient
+faults only, errors that name the server, the resource, CVAT's answer and what to do, a refusal
+of servers too old for the asynchronous export API, and a download that streams.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowException
+
+if TYPE_CHECKING:
+    from cvat_sdk import Client
+
+#: First CVAT release with the asynchronous export flow (POST .../dataset/export + /api/requests).
+MIN_SERVER_VERSION = (2, 16)
+#: Statuses worth retrying: the server is overloaded or restarting, not refusing us.
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+DOWNLOAD_CHUNK = 1 << 20
+
+EXPORT_RESOURCES = ("tasks", "jobs", "projects")
+
+
+class CVATError(AirflowException):
+    """A CVAT server refused or failed a request; the message says what to do about it."""
+
+
+class CVATExportTimeout(CVATError):
+    """CVAT did not finish preparing an export in time."""
+
+
+def _hint(status: int, resource: str) -> str:
+    if status == 401:
+        return (
+            "the credentials were rejected: create a new personal access token in CVAT "
+            "(avatar menu → Settings → Security → access tokens) and store it as the connection's password"
+        )
+    if status == 403:
+        return (
+            f"the user has no permission for {resource}: ask the owner or an organization admin for access, "
+            "or set the right Organization in the connection"
+        )
+    if status == 404:
+        return (
+            f"{resource} does not exist on this server, or belongs to an organization the connection "
+            "does not select: check the id and the connection's Organization field"
+        )
+    if status == 429 or status >= 500:
+        return "the server kept failing after retries: check CVAT's health and logs, then retry the task"
+    return "check the request's arguments"
+
+
+def _cvat_detail(body: bytes | str | None) -> str:
+    """CVAT answers errors as JSON ({"detail": ...} or field errors); fall back to the raw text."""
+    if not body:
+        return "(empty answer)"
+    text = body.decode(errors="replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:500]
+    if isinstance(data, dict) and "detail" in data:
+        return str(data["detail"])
+    return json.dumps(data)[:500]
+
+
+def _parse_version(text: str) -> tuple[int, int]:
+    parts = text.split("+")[0].split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+class CVATHook(BaseHook):
+    """Connects to CVAT with a personal access token (Bearer), or a user and password.
+
+    Connection fields: host (server URL), password (token or password), login (user; empty means
+    the password is a personal access token), extras ``organization`` and ``verify_ssl``.
+    """
+
+    conn_name_attr = "cvat_conn_id"
+    default_conn_name = "cvat_default"
+    conn_type = "cvat"
+    hook_name = "CVAT"
+
+    def __init__(
+        self,
+        cvat_conn_id: str = default_conn_name,
+        *,
+        retries: int = 5,
+        retry_backoff: float = 1.0,
+        status_check_period: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.cvat_conn_id = cvat_conn_id
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self.status_check_period = status_check_period
+
+    # -- connection -------------------------------------------------------------------------
+
+    @cached_property
+    def _connection(self):
+        return self.get_connection(self.cvat_conn_id)
+
+    @property
+    def server_url(self) -> str:
+        host = (self._connection.host or "").rstrip("/")
+        if not host:
+            raise CVATError(
+                f"connection {self.cvat_conn_id!r} has no server URL: set Host to e.g. https://app.cvat.ai"
+            )
+        return host if "://" in host else f"https://{host}"
+
+    @property
+    def organization(self) -> str | None:
+        return self._connection.extra_dejson.get("organization") or None
+
+    def get_conn(self) -> Client:
+        """An authenticated cvat-sdk client; the server version is checked once per hook."""
+        return self.client
+
+    @cached_property
+    def client(self) -> Client:
+        from cvat_sdk import Client
+        from cvat_sdk.core.client import AccessTokenCredentials, Config, PasswordCredentials
+
+        conn = self._connection
+        verify = conn.extra_dejson.get("verify_ssl", True)
+        if isinstance(verify, str):
+            verify = verify.lower() not in ("false", "0", "no")
+        config = Config(status_check_period=self.status_check_period, verify_ssl=bool(verify))
+        client = Client(self.server_url, config=config, check_server_version=False)
+        # The sdk builds its urllib3 pool before we can pass a Configuration; pools are created
+        # lazily from these keywords, so this reaches every request.
+        client.api_client.rest_client.pool_manager.connection_pool_kw["retries"] = self._retry_policy()
+        if not conn.password:
+            raise CVATError(
+                f"connection {self.cvat_conn_id!r} has no token or password: store a personal access token "
+                "(or, with a user in Login, the password) in the connection's Password field"
+            )
+        credentials = (
+            PasswordCredentials(conn.login, conn.password)
+            if conn.login
+            else AccessTokenCredentials(conn.password)
+        )
+        with self._errors("login"):
+            client.login(credentials)
+        if self.organization:
+            client.organization_slug = self.organization
+        self._check_version(client)
+        return client
+
+    def _retry_policy(self):
+        from urllib3.util import Retry
+
+        return Retry(
+            total=self.retries,
+            connect=self.retries,
+            read=self.retries,
+            status=self.retries,
+            backoff_factor=self.retry_backoff,
+            status_forcelist=RETRY_STATUSES,
+            # POST is safe to retry here: CVAT deduplicates export requests by rq_id.
+            allowed_methods=frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST"}),
+            respect_retry_after_header=True,
+            raise_on_status=False,
+        )
+
+    def _check_version(self, client: Client) -> None:
+        with self._errors("server version (/api/server/about)"):
+            about, _ = client.api_client.server_api.retrieve_about()
+        if _parse_version(about.version) < MIN_SERVER_VERSION:
+            needed = ".".join(map(str, MIN_SERVER_VERSION))
+            raise CVATError(
+                f"CVAT at {self.server_url} is version {about.version}; airflow-provider-cvat needs {needed} "
+                "or later (the asynchronous export API). Upgrade the CVAT server."
+            )
+        self.server_version = about.version
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Used by the Airflow UI's Test button: logs in, checks the version, reads the user."""
+        try:
+            user, _ = self.client.api_client.users_api.retrieve_self()
+        except Exception as err:  # the UI shows the message; nothing else can be done with it
+            return False, str(err)
+        return True, f"Connected to CVAT {self.server_version} at {self.server_url} as {user.username}"
+
+    @contextmanager
+    def _errors(self, resource: str) -> Iterator[None]:
+        """Turn cvat-sdk and urllib3 exceptions into one CVATError that a person can act on."""
+        from cvat_sdk.api_client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            yield
+        except ApiException as err:
+            raise CVATError(
+                f"CVAT at {self.server_url} answered {err.status} for {resource}: "
+                f"{_cvat_detail(err.body)}. What to do: {_hint(err.status or 0, resource)}"
+            ) from None
+        except HTTPError as err:
+            raise CVATError(
+                f"cannot reach CVAT at {self.server_url} for {resource} after {self.retries} retries: "
+                f"{type(err).__name__}: {err}. Check the URL in connection {self.cvat_conn_id!r} and that "
+                "the server is up"
+            ) from None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def get_task(self, task_id: int):
+        with self._errors(f"task {task_id}"):
+            return self.client.tasks.retrieve(task_id)
+
+    def get_project(self, project_id: int):
+        with self._errors(f"project {project_id}"):
+            return self.client.projects.retrieve(project_id)
+
+    def get_project_tasks(self, project_id: int) -> list:
+        with self._errors(f"tasks of project {project_id}"):
+            return self.get_project(project_id).get_tasks()
+
+    def get_jobs(self, task_id: int) -> list:
+        with self._errors(f"jobs of task {task_id}"):
+            return self.get_task(task_id).get_jobs()
+
+    def get_task_meta(self, task_id: int):
+        with self._errors(f"frames of task {task_id}"):
+            return self.get_task(task_id).get_meta()
+
+    def get_labels(self, *, task_id: int | None = None, project_id: int | None = None) -> list:
+        owner = f"task {task_id}" if task_id is not None else f"project {project_id}"
+        with self._errors(f"labels of {owner}"):
+            source = self.get_task(task_id) if task_id is not None else self.get_project(project_id)
+            return source.get_labels()
+
+    def get_job_annotations(self, job_id: int) -> dict[str, Any]:
+        with self._errors(f"annotations of job {job_id}"):
+            return self.client.jobs.retrieve(job_id).get_annotations().to_dict()
+
+    # -- exporting ----------------------------------------------------------------------------
+
+    def start_export(self, resource: str, resource_id: int, format_name: str, *, save_images: bool) -> str:
+        """POST .../dataset/export: CVAT queues the export and answers 202 with its request id."""
+        if resource not in EXPORT_RESOURCES:
+            raise ValueError(f"resource must be one of {EXPORT_RESOURCES}, not {resource!r}")
+        from cvat_sdk.core.helpers import make_request_headers
+
+        api = self.client.api_client
+        url = self.client.api_map.make_endpoint_url(
+            f"/api/{resource}/{resource_id}/dataset/export",
+            query_params={"format": format_name, "save_images": save_images},
+        )
+        what = f"export of {resource[:-1]} {resource_id} as {format_name!r}"
+        with self._errors(what):
+            response = api.rest_client.POST(url, headers=make_request_headers(api))
+        return json.loads(response.data)["rq_id"]
+
+    def wait_for_export(self, rq_id: str, *, timeout: float, what: str) -> str:
+        """Poll /api/requests/{rq_id} until finished; return the result URL to download."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._errors(f"status of {what}"):
+                request, _ = self.client.api_client.requests_api.retrieve(rq_id)
+            status = str(request.status.value)
+            if status == "finished":
+                if not request.result_url:
+                    raise CVATError(
+                        f"CVAT at {self.server_url} finished {what} without a download URL: the resource "
+                        "exports to cloud storage; set its target storage to local, or export from that "
+                        "storage with source_uri"
+                    )
+                return request.result_url
+            if status == "failed":
+                raise CVATError(f"CVAT at {self.server_url} failed {what}: {request.message}")
+            if time.monotonic() >= deadline:
+                raise CVATExportTimeout(
+                    f"CVAT at {self.server_url} did not finish {what} within {timeout:.0f} s (last status "
+                    f"{status!r}, progress {request.progress}). Raise export_timeout, or check that CVAT's "
+                    "export workers are running"
+                )
+            self.log.info("Waiting for CVAT: %s is %s", what, status)
+            time.sleep(self.status_check_period)
+
+    def iter_download(self, url: str, *, what: str) -> Iterator[bytes]:
+        """Stream a result URL in chunks, so memory stays flat whatever the archive's size."""
+        from cvat_sdk.core.helpers import make_request_headers
+
+        api = self.client.api_client
+        with self._errors(f"download of {what}"):
+            response = api.rest_client.GET(
+                url, headers=make_request_headers(api), _parse_response=False, _request_timeout=600
+            )
+        try:
+            while chunk := response.read(DOWNLOAD_CHUNK, decode_content=True):
+                yield chunk
+        finally:
+            response.release_conn()
