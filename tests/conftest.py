@@ -20,3 +20,17 @@ os.environ.setdefault("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
 pytest_plugins = ["tests.fixtures.airflow", "tests.fixtures.servers"]
 
 # ---- CVAT double fixtures (tests/cvat_double) below ------------------------------------------
+
+import pytest  # noqa: E402
+
+from tests.cvat_double import CVATDouble  # noqa: E402
+
+
+@pytest.fixture
+def cvat_double():
+    """A fresh CVAT double per test (starts in milliseconds), stopped afterwards."""
+    with CVATDouble() as double:
+        yield double
+
+
+# ---- end of CVAT double fixtures -------------------------------------------------------------

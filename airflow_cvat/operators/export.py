@@ -282,7 +282,7 @@ class CVATExportOperator(BaseOperator):
         rq_id = hook.start_export("jobs", job.job_id, self.format, save_images=True)
         url = hook.wait_for_export(rq_id, timeout=self.export_timeout, what=what)
         path = f"archives/task-{job.task_id}-job-{job.job_id}.zip"
-        self.log.info("Downloading %s into %s", what, destination / path)
+        self.log.info("Downloading %s into %s", what, plain_uri(destination / path))
         size, sha = _stream_to(destination / path, hook.iter_download(url, what=what))
         archive = Archive(path, self.format, size, sha, job.task_id, job.job_id, job.frames, job.frame_names)
         self._check_archive(destination / path, archive, what)
@@ -370,7 +370,7 @@ class CVATExportOperator(BaseOperator):
     def _publish(self, destination: ObjectStoragePath, manifest: Manifest) -> str:
         manifest_path = destination / MANIFEST_NAME
         manifest_path.write_text(manifest.to_json())
-        uri = str(manifest_path)
+        uri = plain_uri(manifest_path)
         if self.record_latest:
             record = {"fingerprint": manifest.fingerprint, "manifest": uri}
             (destination.parent / LATEST_NAME).write_text(json.dumps(record))
@@ -385,10 +385,16 @@ class CVATExportOperator(BaseOperator):
         return uri
 
 
+def plain_uri(path: ObjectStoragePath) -> str:
+    """The URI without ObjectStoragePath's embedded conn_id, for XCom and for the trainer."""
+    return f"{path.protocol}://{path.path}"
+
+
 def _stream_to(path: ObjectStoragePath, chunks: Iterable[bytes]) -> tuple[int, str]:
     """Write chunks to storage as they come, hashing on the way; memory holds one chunk."""
     sha = hashlib.sha256()
     size = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as out:
         for chunk in chunks:
             sha.update(chunk)
