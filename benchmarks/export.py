@@ -13,7 +13,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +26,8 @@ op = CVATExportOperator(task_id="export", task_ids=[int(sys.argv[1])], destinati
 start = time.perf_counter()
 uri = op.execute(context={})
 elapsed = time.perf_counter() - start
-print(json.dumps({"seconds": elapsed, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": elapsed, "peak_rss_mb": peak_mb}))
 """
 
 
