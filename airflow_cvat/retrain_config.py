@@ -33,8 +33,9 @@ CONF_KEYS = (
     "only_finished",
     "execution",
 )
+SOURCE_KEYS = ("task_ids", "project_id", "source_uri")
 #: Deployment settings, from the `cvat_retrain` Variable, never from a run's conf.
-SETTING_KEYS = ("root", "cvat_conn_id", "storage_conn_id", "catalog_file", "model_name", "quality_margin")
+SETTING_KEYS = ("root", "catalog_file", "model_name")
 
 
 class ConfigError(ValueError):
@@ -54,11 +55,8 @@ class RetrainConfig:
     num_clones: int = 1
     emails: list[str] = field(default_factory=list)
     only_finished: bool = True
-    cvat_conn_id: str = "cvat_default"
-    storage_conn_id: str | None = None
     catalog_file: str | None = None
     model_name: str | None = None
-    quality_margin: float = 0.02
     training: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -87,7 +85,11 @@ def resolve(
     unknown = sorted(set(conf) - set(CONF_KEYS))
     if unknown:
         raise ConfigError(f"unknown conf keys {unknown}; valid keys: {', '.join(CONF_KEYS)}")
-    merged = {**defaults, **{k: v for k, v in conf.items() if v is not None}}
+    given = {k: v for k, v in conf.items() if v not in (None, "", [])}
+    if any(key in given for key in SOURCE_KEYS):
+        # A run that names its source replaces the deployment's nightly source, not adds to it.
+        defaults = {k: v for k, v in defaults.items() if k not in SOURCE_KEYS}
+    merged = {**defaults, **given}
     if not merged.get("root"):
         raise ConfigError(
             "no artifact root: set 'root' in the cvat_retrain Variable "
@@ -105,11 +107,8 @@ def resolve(
         num_clones=_optional_int(merged.get("num_clones"), "num_clones") or 1,
         emails=_emails(merged.get("emails")),
         only_finished=_bool(merged.get("only_finished", True), "only_finished"),
-        cvat_conn_id=merged.get("cvat_conn_id") or "cvat_default",
-        storage_conn_id=merged.get("storage_conn_id") or None,
         catalog_file=merged.get("catalog_file") or None,
         model_name=merged.get("model_name") or None,
-        quality_margin=float(merged.get("quality_margin", 0.02)),
     )
     _check_source(config)
     _check_training(config, machine_types)
@@ -117,7 +116,7 @@ def resolve(
 
 
 def _check_source(config: RetrainConfig) -> None:
-    given = [name for name in ("task_ids", "project_id", "source_uri") if getattr(config, name)]
+    given = [name for name in SOURCE_KEYS if getattr(config, name)]
     if len(given) != 1:
         raise ConfigError(
             "give exactly one source: task_ids (CVAT task ids), project_id (a CVAT project), or "

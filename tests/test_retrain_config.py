@@ -53,3 +53,8 @@ def test_kubernetes_picks_the_smallest_machine_with_enough_gpus():
 def test_missing_root_is_explained():
     with pytest.raises(ConfigError, match="cvat_retrain Variable"):
         resolve({"task_ids": [1]}, {})
+
+
+def test_a_run_naming_its_source_replaces_the_nightly_source():
+    config = resolve({"project_id": 7, "task_ids": []}, DEFAULTS | {"task_ids": [5]})
+    assert config.project_id == 7 and config.task_ids == []

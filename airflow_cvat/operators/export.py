@@ -91,7 +91,14 @@ class CVATExportOperator(BaseOperator):
         "unchanged" to mean "already trained on" sets this False and records it after training.
     """
 
-    template_fields: Sequence[str] = ("destination", "task_ids", "project_id", "source_uri", "format")
+    template_fields: Sequence[str] = (
+        "destination",
+        "task_ids",
+        "project_id",
+        "source_uri",
+        "format",
+        "all_jobs",
+    )
     ui_color = "#e6f1fb"
 
     def __init__(
@@ -372,8 +379,7 @@ class CVATExportOperator(BaseOperator):
         manifest_path.write_text(manifest.to_json())
         uri = plain_uri(manifest_path)
         if self.record_latest:
-            record = {"fingerprint": manifest.fingerprint, "manifest": uri}
-            (destination.parent / LATEST_NAME).write_text(json.dumps(record))
+            _write_latest(destination.parent, manifest.fingerprint, uri)
         self.log.info(
             "Exported %d images (%s) from %s into %s; labels: %s",
             manifest.images,
@@ -383,6 +389,23 @@ class CVATExportOperator(BaseOperator):
             manifest.label_counts,
         )
         return uri
+
+
+def record_latest_export(manifest_uri: str, storage_conn_id: str | None = None) -> str:
+    """Mark a finished export as the last one of its source (what skip_unchanged compares with).
+
+    For pipelines that pass record_latest=False and call this once the model trained on the
+    export is published, so that a failed training is retried by the next run, not skipped.
+    """
+    manifest_path = ObjectStoragePath(manifest_uri, conn_id=storage_conn_id)
+    manifest = Manifest.from_json(manifest_path.read_text())
+    return _write_latest(manifest_path.parent.parent, manifest.fingerprint, manifest_uri)
+
+
+def _write_latest(source_folder: ObjectStoragePath, digest: str, manifest_uri: str) -> str:
+    latest = source_folder / LATEST_NAME
+    latest.write_text(json.dumps({"fingerprint": digest, "manifest": manifest_uri}))
+    return plain_uri(latest)
 
 
 def plain_uri(path: ObjectStoragePath) -> str:

@@ -1,0 +1,181 @@
+"""cvat_retrain: export finished CVAT work, fine-tune a detector, publish it for CVAT, email the outcome.
+
+One DAG serves the nightly schedule (the sources in the `cvat_retrain` Variable; skipped when
+their annotations did not change since the last published model), manual runs from the UI's
+form, REST API runs and CVAT webhooks (both with the same conf as the form).
+
+Deployment settings, read at run time from the Airflow Variable `cvat_retrain` (JSON): root (the
+artifact root URI), catalog_file, model_name, and defaults for any form field (task_ids or
+project_id for the nightly run, model, arguments, emails, execution). Machine types: the
+Variable `cvat_machine_types`.
+
+Read at parse time from the environment (they shape the graph, so they cannot wait):
+CVAT_RETRAIN_SCHEDULE (cron; default 02:00 nightly; "none" turns it off), CVAT_RETRAIN_KUBERNETES
+("true" adds GPU training in pods and makes it the default; without it training runs locally and
+the DAG never imports the Kubernetes client), CVAT_CONN_ID (default cvat_default),
+CVAT_STORAGE_CONN_ID (the connection for s3:// roots, e.g. aws_default), CVAT_SMTP_CONN_ID
+(default smtp_default), CVAT_QUALITY_MARGIN (AP50 a new model may lose and still replace
+LATEST; default 0.02).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.sdk import DAG, Param, task
+
+from airflow_cvat.catalog import SEED_MODELS
+from airflow_cvat.operators.base_model import BaseModelPullOperator
+from airflow_cvat.operators.convert import ConvertModelOperator
+from airflow_cvat.operators.export import CVATExportOperator
+from airflow_cvat.operators.training import LocalTrainingOperator
+
+SCHEDULE = os.environ.get("CVAT_RETRAIN_SCHEDULE", "0 2 * * *")
+KUBERNETES = os.environ.get("CVAT_RETRAIN_KUBERNETES", "false").lower() in ("1", "true", "yes")
+CVAT_CONN_ID = os.environ.get("CVAT_CONN_ID", "cvat_default")
+STORAGE_CONN_ID = os.environ.get("CVAT_STORAGE_CONN_ID") or None
+SMTP_CONN_ID = os.environ.get("CVAT_SMTP_CONN_ID", "smtp_default")
+QUALITY_MARGIN = float(os.environ.get("CVAT_QUALITY_MARGIN", "0.02"))
+CONFIG = "ti.xcom_pull(task_ids='config')"
+
+
+def cfg(key: str) -> str:
+    """A template reading one resolved setting of this run (rendered as a native object)."""
+    return "{{ " + CONFIG + "['" + key + "'] }}"
+
+
+PARAMS = {
+    "task_ids": Param([], type="array", items={"type": "integer"}, title="CVAT task ids",
+                      description="Tasks to export (or give a project id)."),
+    "project_id": Param(None, type=["null", "integer"], title="CVAT project id"),
+    "source_uri": Param(None, type=["null", "string"], title="Export already in storage",
+                        description="URI of a CVAT export zip (COCO 1.0 or CVAT for images 1.1)."),
+    "model": Param("ssd-mobilenet-v2-coco", type="string", title="Base model",
+                   examples=[m.name for m in SEED_MODELS],
+                   description="A catalogue name, or your own from the catalogue file."),
+    "arguments": Param("", type="string", title="Training arguments",
+                       description="e.g. epochs=15000;batch_size=24;initial_learning_rate=0.004 "
+                       "(epochs means training steps, as in the original CVAT training)."),
+    "machine_type": Param(None, type=["null", "string"], title="Machine type (Kubernetes)",
+                          examples=["cpu", "gpu-1", "gpu-2", "gpu-4", "gpu-8"]),
+    "num_clones": Param(1, type="integer", minimum=1, maximum=64, title="GPUs (num_clones)"),
+    "emails": Param([], type="array", items={"type": "string"}, title="Email the result to"),
+    "only_finished": Param(True, type="boolean", title="Only finished jobs",
+                           description="Export only completed jobs at stage acceptance."),
+    "execution": Param(None, type=["null", "string"], enum=[None, "local", "kubernetes"],
+                       title="Where training runs", description="Empty: the deployment's default."),
+}  # fmt: skip
+
+
+with DAG(
+    dag_id="cvat_retrain",
+    description="Retrain the CVAT pre-annotation model on finished annotation work",
+    schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    render_template_as_native_obj=True,
+    tags=["cvat", "training"],
+    doc_md=__doc__,
+) as dag:
+
+    @task
+    def config(**context) -> dict:
+        """Resolve and validate the whole run now: a typo must not cost an export or a GPU hour."""
+        import json
+
+        from airflow.sdk import Variable
+
+        from airflow_cvat.retrain_config import resolve
+
+        settings = json.loads(Variable.get("cvat_retrain", default="{}"))
+        defaults = {**{k: v for k, v in context["params"].items() if v not in (None, [], "")}, **settings}
+        defaults.setdefault("execution", "kubernetes" if KUBERNETES else "local")
+        machine_types = Variable.get("cvat_machine_types", default=None)
+        resolved = resolve(dict(context["dag_run"].conf or {}), defaults, machine_types=machine_types)
+        if resolved.execution == "kubernetes" and not KUBERNETES:
+            raise ValueError(
+                "execution 'kubernetes' is not enabled in this deployment: set CVAT_RETRAIN_KUBERNETES=true "
+                "for the dag-processor and workers (and a kubernetes_default connection), or use 'local'"
+            )
+        resolved = resolved.to_dict()
+        run = context["run_id"]
+        resolved["dataset_uri"] = f"{resolved['root']}/datasets/{resolved['source_key']}/{_safe(run)}"
+        return resolved
+
+    def _safe(run_id: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+
+    resolved = config()
+
+    export = CVATExportOperator(
+        task_id="export",
+        destination=cfg("dataset_uri"),
+        task_ids=cfg("task_ids"),
+        project_id=cfg("project_id"),
+        source_uri=cfg("source_uri"),
+        all_jobs="{{ not " + CONFIG + "['only_finished'] }}",
+        cvat_conn_id=CVAT_CONN_ID,
+        storage_conn_id=STORAGE_CONN_ID,
+        record_latest=False,
+    )
+
+    pull = BaseModelPullOperator(
+        task_id="pull_base_model",
+        model=cfg("model"),
+        root=cfg("root"),
+        catalog_file=cfg("catalog_file"),
+        storage_conn_id=STORAGE_CONN_ID,
+    )
+
+    training = {
+        "dataset": "{{ ti.xcom_pull(task_ids='export') }}",
+        "model": cfg("model"),
+        "root": cfg("root"),
+        "base_checkpoint": "{{ ti.xcom_pull(task_ids='pull_base_model') }}",
+        "training_arguments": cfg("arguments"),
+        "catalog_file": cfg("catalog_file"),
+    }
+    train_tasks = [LocalTrainingOperator(task_id="train_local", storage_conn_id=STORAGE_CONN_ID, **training)]
+    if KUBERNETES:
+        from airflow_cvat.operators.training import KubernetesTrainingOperator
+
+        train_tasks.append(
+            KubernetesTrainingOperator(
+                task_id="train_kubernetes", machine_type=cfg("machine_type"), **training
+            )
+        )
+
+    convert = ConvertModelOperator(
+        task_id="publish",
+        run_uri="{{ ti.xcom_pull(task_ids="
+        + repr([t.task_id for t in train_tasks])
+        + ") | select | first }}",
+        root=cfg("root"),
+        model_name=cfg("published_name"),
+        dataset_manifest="{{ ti.xcom_pull(task_ids='export') }}",
+        quality_margin=QUALITY_MARGIN,
+        storage_conn_id=STORAGE_CONN_ID,
+        trigger_rule="none_failed_min_one_success",
+    )
+
+    @task
+    def record_dataset(manifest_uri: str) -> str:
+        """Only now is this dataset 'trained on': the next nightly run skips it if unchanged."""
+        from airflow_cvat.operators.export import record_latest_export
+
+        return record_latest_export(manifest_uri, STORAGE_CONN_ID)
+
+    resolved >> [export, pull]
+    if KUBERNETES:
+
+        @task.branch
+        def where_to_train(settings: dict) -> str:
+            return "train_kubernetes" if settings["execution"] == "kubernetes" else "train_local"
+
+        [export, pull] >> where_to_train(resolved) >> train_tasks
+    else:
+        [export, pull] >> train_tasks[0]
+    train_tasks >> convert >> record_dataset(export.output)
