@@ -23,8 +23,20 @@ def get_provider_info() -> dict:
         ],
         "hooks": [{"integration-name": "CVAT", "python-modules": ["airflow_cvat.hooks.cvat"]}],
         "operators": [
-            {"integration-name": "CVAT", "python-modules": ["airflow_cvat.operators.export"]},
+            {
+                "integration-name": "CVAT",
+                "python-modules": [
+                    "airflow_cvat.operators.export",
+                    "airflow_cvat.operators.base_model",
+                    "airflow_cvat.operators.training",
+                    "airflow_cvat.operators.convert",
+                ],
+            },
         ],
+        "plugins": [
+            {"name": "cvat_webhook", "plugin-class": "airflow_cvat.plugins.webhook.CVATWebhookPlugin"}
+        ],
+        "notifications": ["airflow_cvat.notifications.email.CVATEmailNotifier"],
         "connection-types": [
             {
                 "connection-type": "cvat",

@@ -412,3 +412,69 @@ def test_two_thousand_frames_are_regenerated_not_held(cvat_double: CVATDouble) -
     page = get(cvat_double, f"/api/tasks/{task_id}/data/meta").json()
     assert len(page["frames"]) == 2000
     assert get(cvat_double, "/api/jobs?page_size=2&page=2").json()["previous"] is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Webhooks (tests/cvat_double/webhooks.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_webhooks_match_recordings(seeded: CVATDouble, session: requests.Session) -> None:
+    """Create, events, ping (a real signed delivery to a listener), GET: as recorded."""
+    import hashlib
+    import hmac
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Listener(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            received.append(
+                (dict(self.headers.items()), self.rfile.read(int(self.headers["Content-Length"])))
+            )
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    listener = ThreadingHTTPServer(("127.0.0.1", 0), Listener)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    try:
+        request = recorded("webhook_create")["request"]
+        body = {**request["body"], "target_url": f"http://127.0.0.1:{listener.server_address[1]}/cvat-hook"}
+        created = session.post(f"{seeded.url}/api/webhooks", json=body)
+        hook = assert_like_recording(created, "webhook_create")
+        assert created.headers["Location"] == hook["url"]
+        assert "secret" not in hook and hook["events"] == sorted(body["events"])
+
+        events = session.get(f"{seeded.url}/api/webhooks/events", params={"type": "project"})
+        assert (
+            assert_like_recording(events, "webhook_events_project")
+            == recorded("webhook_events_project")["body"]
+        )
+
+        for _ in range(2):  # the recorded ping came after another delivery: last_status is set
+            ping = session.post(f"{seeded.url}/api/webhooks/{hook['id']}/ping")
+        assert_like_recording(ping, "webhook_ping")
+        assert ping.json()["status_code"] == 200
+
+        headers, raw = received[-1]
+        record = json.loads((RECORDED / "webhook_deliveries.jsonl").read_text().splitlines()[-1])
+        assert headers["Content-Type"] == record["headers"]["Content-Type"]
+        digest = hmac.new(b"fixture-secret", raw, hashlib.sha256).hexdigest()
+        assert headers["X-Signature-256"] == f"sha256={digest}"
+        assert_same_shape(json.loads(record["body_raw"]), json.loads(raw))
+
+        assert_like_recording(session.get(f"{seeded.url}/api/webhooks/{hook['id']}"), "webhook")
+        listed = session.get(f"{seeded.url}/api/webhooks", params={"target_url": body["target_url"]}).json()
+        assert [h["id"] for h in listed["results"]] == [hook["id"]]
+        assert (
+            session.get(f"{seeded.url}/api/webhooks", params={"target_url": "http://x"}).json()["count"] == 0
+        )
+    finally:
+        listener.shutdown()
+        listener.server_close()

@@ -482,6 +482,11 @@ class _Api:
         add("GET", r"/api/(task|project|job)s/(\d+)/dataset/download", self.download)
         add("GET", r"/api/requests", self.list_requests)
         add("GET", r"/api/requests/(.+)", self.get_request)
+        # ---- webhooks (tests/cvat_double/webhooks.py) ----
+        from . import webhooks
+
+        webhooks.register(self)
+        # ---- end of webhooks ----
 
     def _add(
         self, method: str, pattern: str, handler: Callable[..., _Response], *, public: bool = False
