@@ -1,0 +1,597 @@
+"""ConvertModelOperator: publish a finished training run as a versioned, deployable model.
+
+From ``{root}/runs/{run_id}/`` (written by the trainer) it publishes::
+
+    {root}/models/{name}/{version}/
+        saved_model/                 the trainer's SavedModel, unchanged
+        label_map.json classes.csv metrics.json run.json
+        model.tflite                 when the family converts (model_card.json says why not otherwise)
+        nuclio/                      CVAT serverless function, CPU and GPU variants (see airflow_cvat.deploy)
+        cvat_function.py             cvat-sdk auto-annotation function (cvat-cli --function-file)
+        model_card.md model_card.json
+        report/training.png report/preview-N.png report/history.json    (for the email)
+        PUBLISHED.json               written last: a version folder without it is not a version
+    {root}/models/{name}/LATEST      JSON {"version", "AP50", ...}; moved only through the quality gate
+
+Version: the publish time in UTC, ``YYYYMMDDTHHMMSSZ`` (sortable as text, unique per model
+unless two publishes start in the same second); ``version=`` overrides it (e.g. ``{{ run_id }}``
+-derived names). A retried task that finds a complete version of the same run reuses it
+instead of publishing a second copy.
+
+Quality gate: LATEST moves when the new AP50 >= LATEST's AP50 - ``quality_margin``, or when
+there is no LATEST yet. A model that fails to load or predict (checked in a subprocess, see
+``airflow_cvat.trainer.convert``) is not published at all and never moves LATEST. The outcome
+(moved or not, why, old and new AP50) is returned as the XCom, for the email.
+
+TensorFlow never loads in this process: the check, TFLite conversion, preview images and the
+TensorBoard history run in ``python -m airflow_cvat.trainer.convert`` on a local staged copy of
+the run, with no storage credentials in its environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, ObjectStoragePath
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+MARKER = "PUBLISHED.json"
+LATEST = "LATEST"
+VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
+RUN_FILES = ("result.json", "label_map.json", "classes.csv", "metrics.json")
+RUN_FOLDERS = ("saved_model", "tensorboard")
+SECRET_ENV_PREFIXES = ("AIRFLOW_CONN_", "AIRFLOW_VAR_", "AWS_SECRET", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY")
+
+
+class PublishError(RuntimeError):
+    """The run cannot be published (not finished, missing files); the message says which."""
+
+
+# ---- storage helpers (ObjectStoragePath: file:// and s3:// alike) ------------------------------
+
+
+def storage_path(uri: str, conn_id: str | None = None) -> ObjectStoragePath:
+    """An ObjectStoragePath; a bare local path becomes file://, the connection applies to remote URIs."""
+    if "://" not in uri:
+        uri = Path(uri).absolute().as_uri()
+    if uri.startswith("file://"):
+        return ObjectStoragePath(uri)
+    return ObjectStoragePath(uri, conn_id=conn_id)
+
+
+def uri_of(path: ObjectStoragePath) -> str:
+    """The plain URI of a path, without the connection id Airflow writes into s3://conn@bucket."""
+    return f"{path.protocol}://{path.path}" if path.protocol != "file" else Path(path.path).as_uri()
+
+
+def read_json(path: ObjectStoragePath) -> Any | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def write_bytes(path: ObjectStoragePath, data: bytes) -> None:
+    """Write one object; locally through a rename, so a reader never sees half of LATEST or a marker."""
+    if path.protocol == "file":
+        target = Path(path.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        return
+    with path.open("wb") as handle:  # S3 PUTs are atomic: the object appears whole or not at all
+        handle.write(data)
+
+
+def download_tree(source: ObjectStoragePath, target: Path, pattern: str = "**") -> int:
+    """Copy every file under ``source`` (matching ``pattern``) into ``target``; return the count."""
+    fs, root = source.fs, source.path.rstrip("/")
+    if not fs.exists(root):
+        return 0
+    count = 0
+    for remote in fs.find(root):
+        relative = remote[len(root) :].lstrip("/")
+        if not Path(relative).match(pattern) and pattern != "**":
+            continue
+        local = target / relative
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(local))
+        count += 1
+    return count
+
+
+def upload_tree(source: Path, target: ObjectStoragePath, skip: Iterable[str] = ()) -> list[str]:
+    """Upload every file under ``source`` to ``target`` (relative paths kept); return them sorted."""
+    skipped = set(skip)
+    fs, root = target.fs, target.path.rstrip("/")
+    written = []
+    for local in sorted(p for p in source.rglob("*") if p.is_file()):
+        relative = local.relative_to(source).as_posix()
+        if relative in skipped:
+            continue
+        remote = f"{root}/{relative}"
+        if target.protocol == "file":
+            Path(remote).parent.mkdir(parents=True, exist_ok=True)
+        fs.put_file(str(local), remote)
+        written.append(relative)
+    return written
+
+
+# ---- the quality gate -------------------------------------------------------------------------
+
+
+@dataclass
+class GateDecision:
+    """Whether LATEST moves, and why (the email quotes ``reason``)."""
+
+    moved: bool
+    reason: str
+    new_ap50: float | None
+    old_ap50: float | None
+    old_version: str | None
+    margin: float
+
+
+def decide(
+    new_ap50: float | None, latest: dict[str, Any] | None, margin: float, broken: str | None = None
+) -> GateDecision:
+    """The gate: see the module docstring. Pure, so the rule is tested without any storage."""
+    old_ap50 = None if latest is None else latest.get("AP50")
+    old_version = None if latest is None else latest.get("version")
+
+    def result(moved: bool, reason: str) -> GateDecision:
+        return GateDecision(moved, reason, new_ap50, old_ap50, old_version, margin)
+
+    if broken:
+        return result(False, f"the model is broken and was not published: {broken}")
+    if new_ap50 is None:
+        return result(False, "the run's metrics.json has no AP50; LATEST stays")
+    if latest is None:
+        return result(True, "first published model of this name")
+    if old_ap50 is None:
+        return result(True, f"LATEST ({old_version}) records no AP50")
+    if new_ap50 + 1e-9 >= old_ap50 - margin:
+        relation = "not worse than" if new_ap50 >= old_ap50 else "within the margin of"
+        return result(True, f"AP50 {new_ap50:.4f} is {relation} LATEST's {old_ap50:.4f} (margin {margin})")
+    return result(
+        False,
+        f"AP50 {new_ap50:.4f} is worse than LATEST's {old_ap50:.4f} ({old_version}) by more than "
+        f"the margin {margin}; LATEST stays",
+    )
+
+
+# ---- the operator -----------------------------------------------------------------------------
+
+
+class ConvertModelOperator(BaseOperator):
+    """Publish a finished training run as ``{root}/models/{model_name}/{version}/`` and gate LATEST.
+
+    :param run_uri: the run folder, ``{root}/runs/{run_id}`` (file:// or s3://), or the trainer's
+        JSON result (a dict with ``output``), e.g. the training task's XCom.
+    :param root: the artifact root; models go to ``{root}/models/{model_name}/``.
+    :param model_name: the published model's name (often the catalogue name or a team's name).
+    :param dataset_manifest: URI of the dataset's manifest.json (or its folder) for the model card.
+    :param quality_margin: how much lower than LATEST's AP50 a new model may be and still move it.
+    :param storage_conn_id: the connection for s3:// URIs (None: the default credential chain).
+    :param version: the version folder's name; default: publish time, ``YYYYMMDDTHHMMSSZ`` UTC.
+    :param tflite: try a TFLite conversion (a few seconds to minutes; False skips it).
+    :param preview_images: how many validation images to draw predictions on for the email.
+    :param convert_timeout: seconds the TensorFlow subprocess may take.
+
+    Returns (XCom) the outcome: ``published``, ``version``, ``uri``, ``latest`` (the gate decision:
+    ``moved``, ``reason``, ``new_ap50``, ``old_ap50``, ``old_version``, ``margin``), ``metrics``,
+    ``tflite``, ``files`` (URIs of the card, plot and previews) and ``storage_conn_id``.
+    """
+
+    template_fields: Sequence[str] = ("run_uri", "root", "model_name", "dataset_manifest", "version")
+    ui_color = "#d6f0e0"
+
+    def __init__(
+        self,
+        *,
+        run_uri: str | dict,
+        root: str,
+        model_name: str,
+        dataset_manifest: str | None = None,
+        quality_margin: float = 0.02,
+        storage_conn_id: str | None = None,
+        version: str | None = None,
+        tflite: bool = True,
+        preview_images: int = 4,
+        convert_timeout: float = 3600,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if quality_margin < 0:
+            raise ValueError(f"quality_margin must be >= 0, got {quality_margin}")
+        self.run_uri = run_uri
+        self.root = root
+        self.model_name = model_name
+        self.dataset_manifest = dataset_manifest
+        self.quality_margin = quality_margin
+        self.storage_conn_id = storage_conn_id
+        self.version = version
+        self.tflite = tflite
+        self.preview_images = preview_images
+        self.convert_timeout = convert_timeout
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        run = self.path(_run_uri(self.run_uri))
+        models = self.path(self.root) / "models" / self.model_name
+        result = self._finished_result(run)
+        latest = read_json(models / LATEST)
+        reused = find_published(models, uri_of(run), result)
+        if reused:
+            return self._reuse(models, reused, latest)
+        version = free_version(models, self.version or datetime.now(UTC).strftime(VERSION_FORMAT))
+        with tempfile.TemporaryDirectory(prefix="airflow-cvat-publish-") as scratch:
+            staged, built = Path(scratch, "run"), Path(scratch, "version")
+            self._stage(run, staged)
+            converted = self.run_convert(staged, Path(scratch, "convert"))
+            metrics = json.loads((staged / "metrics.json").read_text())
+            decision = decide(metrics.get("AP50"), latest, self.quality_margin, broken=converted.get("error"))
+            if not converted.get("ok"):
+                self.log.warning("not publishing: %s", decision.reason)
+                return self._outcome(models, version, decision, metrics, converted, published=False)
+            self._build(staged, Path(scratch, "convert"), built, version, result, metrics, converted)
+            target = models / version
+            files = upload_tree(built, target)
+            marker = {
+                "version": version,
+                "run": uri_of(run),
+                "run_result": result,
+                "AP50": metrics.get("AP50"),
+                "published": _now(),
+                "files": files,
+            }
+            write_bytes(target / MARKER, json.dumps(marker, indent=2).encode())
+            self.log.info("published %s (%d files)", uri_of(target), len(files))
+        if decision.moved:
+            self._move_latest(models, version, run, metrics, latest)
+        self.log.info("quality gate: %s", decision.reason)
+        return self._outcome(models, version, decision, metrics, converted, published=True)
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def path(self, uri: str) -> ObjectStoragePath:
+        return storage_path(uri, self.storage_conn_id)
+
+    def _finished_result(self, run: ObjectStoragePath) -> dict[str, Any]:
+        result = read_json(run / "result.json")
+        if result is None:
+            raise PublishError(
+                f"{uri_of(run)} has no result.json: the training run did not finish (the trainer writes "
+                "it last); re-run the training task"
+            )
+        if result.get("status") != "ok":
+            raise PublishError(f"the training run {uri_of(run)} ended with status {result.get('status')!r}")
+        return result
+
+    def _stage(self, run: ObjectStoragePath, staged: Path) -> None:
+        """A local copy of what the TensorFlow half needs: it reads paths, never storage."""
+        for name in RUN_FILES:
+            if (run / name).exists():
+                write_local(staged / name, (run / name).read_bytes())
+        for name in RUN_FOLDERS:
+            download_tree(run / name, staged / name)
+        download_tree(run / "data", staged / "data", pattern="val-*.tfrecord")
+        if (run / "data" / "label_map.json").exists():
+            write_local(staged / "data" / "label_map.json", (run / "data" / "label_map.json").read_bytes())
+        missing = [n for n in ("saved_model/saved_model.pb", "metrics.json") if not (staged / n).exists()]
+        if missing:
+            raise PublishError(f"the run {uri_of(run)} lacks {', '.join(missing)}; was it exported?")
+
+    def run_convert(self, staged: Path, output: Path) -> dict[str, Any]:
+        """``python -m airflow_cvat.trainer.convert all`` in a subprocess; its log goes to the task log."""
+        command = [
+            sys.executable,
+            "-m",
+            "airflow_cvat.trainer.convert",
+            "all",
+            "--run",
+            str(staged),
+            "--output",
+            str(output),
+            "--count",
+            str(self.preview_images),
+        ]
+        if not self.tflite:
+            command.append("--no-tflite")
+        self.log.info("running %s", " ".join(command))
+        return run_json_command(command, self.convert_timeout, self.log.info)
+
+    def _build(self, staged, converted_dir, built, version, result, metrics, converted) -> None:
+        """Assemble the version folder locally; uploaded as a whole, then the marker."""
+        from airflow_cvat import deploy
+        from airflow_cvat.deploy import card as cards
+
+        built.mkdir(parents=True)
+        shutil.copytree(staged / "saved_model", built / "saved_model")
+        for name in ("label_map.json", "classes.csv", "metrics.json"):
+            if (staged / name).exists():
+                shutil.copy2(staged / name, built / name)
+        (built / "run.json").write_text(json.dumps(result, indent=2))
+        labels = _labels(staged)
+        if not (built / "label_map.json").exists():
+            (built / "label_map.json").write_text(json.dumps({"labels": labels}, indent=2))
+        masks = bool(converted["check"].get("masks"))
+        deploy.write_nuclio(
+            built / "nuclio", model_name=self.model_name, version=version, labels=labels, masks=masks
+        )
+        shutil.copytree(staged / "saved_model", built / "nuclio" / "saved_model")
+        deploy.write_cvat_function(built)
+        tflite = converted.get("tflite") or {}
+        if tflite.get("status") == "converted":
+            shutil.copy2(converted_dir / tflite["file"], built / "model.tflite")
+            tflite = {**tflite, "file": "model.tflite"}
+        self._report(converted_dir, built / "report", converted)
+        card = cards.card_json(
+            model_name=self.model_name,
+            version=version,
+            created=_now(),
+            run_uri=_run_uri(self.run_uri),
+            result=result,
+            labels=labels,
+            metrics=metrics,
+            data=cards.manifest_summary(self._manifest()),
+            base_model=_base_model(result),
+            tflite=tflite,
+            files=sorted(
+                p.relative_to(built).as_posix()
+                for p in built.rglob("*")
+                if p.is_file() and "saved_model/" not in p.as_posix()
+            ),
+        )
+        (built / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
+        (built / "model_card.md").write_text(cards.card_markdown(card))
+
+    def _report(self, converted_dir: Path, report: Path, converted: dict[str, Any]) -> None:
+        report.mkdir(parents=True, exist_ok=True)
+        for preview in (converted.get("previews") or {}).get("images", []):
+            shutil.copy2(converted_dir / "previews" / preview["file"], report / preview["file"])
+        history_file = converted_dir / "history.json"
+        if history_file.exists():
+            shutil.copy2(history_file, report / "history.json")
+            try:
+                plot_history(json.loads(history_file.read_text()), report / "training.png")
+            except Exception:  # noqa: BLE001 - a missing plot must not stop publishing
+                self.log.exception("could not draw the training plot")
+
+    def _manifest(self) -> dict[str, Any] | None:
+        if not self.dataset_manifest:
+            return None
+        path = self.path(self.dataset_manifest)
+        if not path.name.endswith(".json"):
+            path = path / "manifest.json"
+        manifest = read_json(path)
+        if manifest is None:
+            self.log.warning("no dataset manifest at %s; the model card will say so", uri_of(path))
+        return manifest
+
+    def _move_latest(self, models, version, run, metrics, latest) -> None:
+        """LATEST is written after the version's marker: it never names an incomplete version."""
+        pointer = {
+            "version": version,
+            "AP50": metrics.get("AP50"),
+            "AP": metrics.get("AP"),
+            "uri": uri_of(models / version),
+            "run": uri_of(run),
+            "moved": _now(),
+            "previous": None if latest is None else {k: latest.get(k) for k in ("version", "AP50")},
+        }
+        write_bytes(models / LATEST, json.dumps(pointer, indent=2).encode())
+
+    def _reuse(self, models, marker: dict[str, Any], latest: dict[str, Any] | None) -> dict[str, Any]:
+        """A retry after a complete publish: no second copy; finish the LATEST step if it was missed."""
+        version = marker["version"]
+        metrics = read_json(models / version / "metrics.json") or {}
+        self.log.info("the run is already published as %s; reusing it", version)
+        if latest and latest.get("version") == version:
+            previous = latest.get("previous") or {}
+            decision = GateDecision(
+                True,
+                "already LATEST (published by an earlier try)",
+                metrics.get("AP50"),
+                previous.get("AP50"),
+                previous.get("version"),
+                self.quality_margin,
+            )
+        else:
+            decision = decide(metrics.get("AP50"), latest, self.quality_margin)
+            if decision.moved:
+                self._move_latest(models, version, self.path(marker["run"]), metrics, latest)
+        card = read_json(models / version / "model_card.json") or {}
+        return self._outcome(
+            models, version, decision, metrics, {"tflite": card.get("tflite")}, published=True
+        )
+
+    def _outcome(self, models, version, decision, metrics, converted, *, published) -> dict[str, Any]:
+        target = models / version
+        report = target / "report"
+        files: dict[str, Any] = {}
+        if published:
+            files = {
+                "model_card": uri_of(target / "model_card.md"),
+                "saved_model": uri_of(target / "saved_model"),
+                "nuclio": uri_of(target / "nuclio"),
+                "cvat_function": uri_of(target / "cvat_function.py"),
+                "plot": uri_of(report / "training.png") if (report / "training.png").exists() else None,
+                "previews": [uri_of(p) for p in sorted(report.glob("preview-*.png"))]
+                if report.exists()
+                else [],
+            }
+        return {
+            "model_name": self.model_name,
+            "version": version,
+            "uri": uri_of(target),
+            "published": published,
+            "latest": {**asdict(decision), "uri": uri_of(models / LATEST)},
+            "metrics": {k: metrics.get(k) for k in ("AP", "AP50", "AP75", "per_class")},
+            "tflite": converted.get("tflite"),
+            "error": converted.get("error"),
+            "files": files,
+            "storage_conn_id": self.storage_conn_id,
+        }
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def _run_uri(run: str | dict) -> str:
+    if isinstance(run, dict):  # the trainer's JSON result, as the training task's XCom
+        return run["output"]
+    return str(run)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_local(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _labels(staged: Path) -> list[dict[str, Any]]:
+    for candidate in (staged / "label_map.json", staged / "data" / "label_map.json"):
+        if candidate.exists():
+            data = json.loads(candidate.read_text())
+            return list(data["labels"] if isinstance(data, dict) else data)
+    raise PublishError("the run has no label_map.json; the model's class ids cannot be named")
+
+
+def _base_model(result: dict[str, Any]) -> dict[str, Any]:
+    """Catalogue facts of the run's base model (a user's own entry may be unknown here)."""
+    name = result.get("model")
+    try:
+        from airflow_cvat.catalog import get_model
+
+        spec = get_model(name)
+        return {"name": name, "family": spec.family, "backbone": spec.backbone, "checkpoint": spec.checkpoint}
+    except Exception:  # noqa: BLE001 - a custom catalogue entry still gets a card
+        return {"name": name, "family": None, "backbone": None, "checkpoint": None}
+
+
+def find_published(models: ObjectStoragePath, run_uri: str, result: dict[str, Any]) -> dict[str, Any] | None:
+    """The marker of a complete version already published from this run (same result), if any."""
+    if not models.exists():
+        return None
+    for folder in sorted(models.iterdir(), key=lambda p: p.name, reverse=True):
+        if folder.name == LATEST:
+            continue
+        marker = read_json(folder / MARKER)
+        if marker and marker.get("run") == run_uri and marker.get("run_result") == result:
+            return marker
+    return None
+
+
+def free_version(models: ObjectStoragePath, version: str) -> str:
+    """``version``, or ``version-2``, ``-3``...: a complete version is never overwritten."""
+    candidate, number = version, 1
+    while (models / candidate / MARKER).exists():
+        number += 1
+        candidate = f"{version}-{number}"
+    return candidate
+
+
+def published_versions(root: str, model_name: str, conn_id: str | None = None) -> list[str]:
+    """Complete versions of a model, oldest first (folders without PUBLISHED.json are left out)."""
+    models = storage_path(root, conn_id) / "models" / model_name
+    if not models.exists():
+        return []
+    return sorted(p.name for p in models.iterdir() if p.name != LATEST and (p / MARKER).exists())
+
+
+def child_env() -> dict[str, str]:
+    """The environment for the TensorFlow subprocess, without connection secrets (it reads local paths)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV_PREFIXES)}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_json_command(command: list[str], timeout: float, log_line) -> dict[str, Any]:
+    """Run a command, stream its output into the log, return the JSON object on its last line."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env()
+    )
+    lines: list[str] = []
+    # The watchdog kills a hung conversion; reading the pipe alone would wait for ever.
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        process.kill()
+
+    watchdog = threading.Timer(timeout, kill)
+    watchdog.start()
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            log_line("%s", line)
+        process.wait()
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+    if timed_out.is_set():
+        raise PublishError(f"{' '.join(command[:4])} ran longer than {timeout:.0f} s and was stopped")
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    raise PublishError(
+        f"{' '.join(command[:4])} exited with {process.returncode} and no JSON result; last output: "
+        + " | ".join(lines[-5:])
+    )
+
+
+def plot_history(history: dict[str, dict[str, list[list[float]]]], output: Path) -> Path:
+    """Loss (training) and AP (evaluation) against step, side by side, as a PNG (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib import pyplot as plt
+
+    train = history.get("train", {})
+    evaluation = history.get("eval", {})
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    for tag in sorted(train):
+        if tag.endswith("loss") and train[tag]:
+            steps, values = zip(*train[tag], strict=True)
+            left.plot(steps, values, label=tag, linewidth=1.5 if tag == "total_loss" else 0.8)
+    left.set(title="training loss", xlabel="step")
+    left.set_yscale("log")
+    for tag in ("coco/AP", "coco/AP50", "coco/AP75"):
+        if evaluation.get(tag):
+            steps, values = zip(*evaluation[tag], strict=True)
+            right.plot(steps, values, marker="o", label=tag.split("/")[-1])
+    right.set(title="validation AP", xlabel="step", ylim=(0, 1))
+    if any(left.get_lines()):
+        right.set_xlim(left.get_xlim())  # one evaluation point otherwise gets a meaningless axis
+    for axis in (left, right):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, format="png")
+    plt.close(figure)
+    return output
