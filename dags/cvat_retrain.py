@@ -14,8 +14,8 @@ CVAT_RETRAIN_SCHEDULE (cron; default 02:00 nightly; "none" turns it off), CVAT_R
 ("true" adds GPU training in pods and makes it the default; without it training runs locally and
 the DAG never imports the Kubernetes client), CVAT_CONN_ID (default cvat_default),
 CVAT_STORAGE_CONN_ID (the connection for s3:// roots, e.g. aws_default), CVAT_SMTP_CONN_ID
-(default smtp_default), CVAT_QUALITY_MARGIN (AP50 a new model may lose and still replace
-LATEST; default 0.02).
+(default smtp_default), CVAT_RETRAIN_EMAILS (comma-separated default recipients, also of failure
+emails), CVAT_QUALITY_MARGIN (AP50 a new model may lose and still replace LATEST; default 0.02).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 
 from airflow_cvat.catalog import SEED_MODELS
+from airflow_cvat.notifications.email import CVATEmailNotifier, ModelReportEmailOperator
 from airflow_cvat.operators.base_model import BaseModelPullOperator
 from airflow_cvat.operators.convert import ConvertModelOperator
 from airflow_cvat.operators.export import CVATExportOperator
@@ -37,6 +38,7 @@ CVAT_CONN_ID = os.environ.get("CVAT_CONN_ID", "cvat_default")
 STORAGE_CONN_ID = os.environ.get("CVAT_STORAGE_CONN_ID") or None
 SMTP_CONN_ID = os.environ.get("CVAT_SMTP_CONN_ID", "smtp_default")
 QUALITY_MARGIN = float(os.environ.get("CVAT_QUALITY_MARGIN", "0.02"))
+EMAILS = [e for e in os.environ.get("CVAT_RETRAIN_EMAILS", "").replace(";", ",").split(",") if e.strip()]
 CONFIG = "ti.xcom_pull(task_ids='config')"
 
 
@@ -60,7 +62,7 @@ PARAMS = {
     "machine_type": Param(None, type=["null", "string"], title="Machine type (Kubernetes)",
                           examples=["cpu", "gpu-1", "gpu-2", "gpu-4", "gpu-8"]),
     "num_clones": Param(1, type="integer", minimum=1, maximum=64, title="GPUs (num_clones)"),
-    "emails": Param([], type="array", items={"type": "string"}, title="Email the result to"),
+    "emails": Param(EMAILS, type="array", items={"type": "string"}, title="Email the result to"),
     "only_finished": Param(True, type="boolean", title="Only finished jobs",
                            description="Export only completed jobs at stage acceptance."),
     "execution": Param(None, type=["null", "string"], enum=[None, "local", "kubernetes"],
@@ -79,6 +81,7 @@ with DAG(
     render_template_as_native_obj=True,
     tags=["cvat", "training"],
     doc_md=__doc__,
+    default_args={"on_failure_callback": CVATEmailNotifier(smtp_conn_id=SMTP_CONN_ID, publish_task_id=None)},
 ) as dag:
 
     @task
@@ -178,4 +181,7 @@ with DAG(
         [export, pull] >> where_to_train(resolved) >> train_tasks
     else:
         [export, pull] >> train_tasks[0]
-    train_tasks >> convert >> record_dataset(export.output)
+    report = ModelReportEmailOperator(
+        task_id="email_report", outcome=convert.output, to=cfg("emails"), smtp_conn_id=SMTP_CONN_ID
+    )
+    train_tasks >> convert >> [record_dataset(export.output), report]
