@@ -17,7 +17,13 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_AIRFLOW_HOME / "dags")
 os.environ.setdefault("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
 
-pytest_plugins = ["tests.fixtures.airflow", "tests.fixtures.servers", "tests.fixtures.training", "tests.fixtures.publish"]
+pytest_plugins = [
+    "tests.fixtures.airflow",
+    "tests.fixtures.servers",
+    "tests.fixtures.training",
+    "tests.fixtures.publish",
+    "tests.fixtures.webhooks",
+]
 
 # ---- CVAT double fixtures (tests/cvat_double) below ------------------------------------------
 

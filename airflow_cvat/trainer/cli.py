@@ -1,0 +1,313 @@
+"""The trainer's command line: ``python -m airflow_cvat.trainer SUBCOMMAND ...``.
+
+Subcommands (all URIs are file:// or s3://; a bare path means a local folder)::
+
+    train     --dataset URI --output URI --model NAME [--base-checkpoint URI] [--arguments TEXT]
+              [--catalog FILE] [--validation-fraction 0.1]
+              prepare -> train -> evaluate -> export; each stage skips when its output is
+              already complete in --output, so a retried pod resumes instead of starting over.
+    prepare   --dataset URI --output URI [--model NAME] [--validation-fraction 0.1]
+    evaluate  --output URI [--model NAME --arguments TEXT --catalog FILE]   (defaults: run.json)
+    export    --output URI [--model NAME --arguments TEXT --catalog FILE]
+    validate  --model NAME [--arguments TEXT] [--catalog FILE] [--num-images N]   (no TensorFlow)
+    init-base --model NAME --output URI [--catalog FILE]
+              a randomly initialised base checkpoint (backbone + decoder), the form real ones take
+
+The last stdout line is one JSON object: ``{"status": "ok", ...}`` (exit 0), or
+``{"status": "error", "error": "..."}`` with exit 2 for bad input (arguments, dataset, model
+name, devices) and exit 1 for anything else. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+from airflow_cvat.arguments import ArgumentError, TrainingArguments, parse_arguments
+from airflow_cvat.catalog import CatalogError, ModelSpec, get_model, load_catalog
+
+log = logging.getLogger("airflow_cvat.trainer")
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+RUN_FILE = "run.json"
+
+
+class BadInput(ValueError):
+    """Input the user must fix (exit 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m airflow_cvat.trainer", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, *, dataset=False, output=True, model_required=True):
+        if dataset:
+            p.add_argument("--dataset", required=True, help="dataset folder URI (manifest.json + archives/)")
+        if output:
+            p.add_argument("--output", required=True, help="run folder URI, {root}/runs/{run_id}")
+        p.add_argument("--model", required=model_required, help="catalogue model name")
+        p.add_argument("--arguments", default=None, help='e.g. "epochs=100;batch_size=24"')
+        p.add_argument("--catalog", default=None, help="extra catalogue file (JSON or YAML)")
+        p.add_argument("--result-file", default=None, help="local file that also receives the JSON result")
+
+    train = sub.add_parser("train", help="prepare, train, evaluate and export")
+    common(train, dataset=True)
+    train.add_argument("--base-checkpoint", default=None, help="checkpoint URI to fine-tune from")
+    train.add_argument("--validation-fraction", type=float, default=0.1)
+    prepare = sub.add_parser("prepare", help="dataset -> TFRecords + label map")
+    common(prepare, dataset=True, model_required=False)
+    prepare.add_argument("--validation-fraction", type=float, default=0.1)
+    for name in ("evaluate", "export"):
+        common(sub.add_parser(name, help=f"{name} the trained model in --output"), model_required=False)
+    validate = sub.add_parser("validate", help="check a model name and argument string (fast)")
+    common(validate, output=False)
+    validate.add_argument("--num-images", type=int, default=None)
+    base = sub.add_parser("init-base", help="write a randomly initialised base checkpoint")
+    common(base)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    handlers = {
+        "validate": cmd_validate,
+        "train": cmd_train,
+        "prepare": cmd_prepare,
+        "evaluate": cmd_evaluate,
+        "export": cmd_export,
+        "init-base": cmd_init_base,
+    }
+    result_file = options.result_file
+    try:
+        result = handlers[options.command](options)
+    except (BadInput, ArgumentError, CatalogError) as error:
+        return _emit({"status": "error", "error": str(error)}, EXIT_BAD_INPUT, result_file)
+    except Exception as error:  # noqa: BLE001 - the pod must always end with a JSON line
+        if _is_bad_input(error):
+            return _emit({"status": "error", "error": str(error)}, EXIT_BAD_INPUT, result_file)
+        traceback.print_exc(file=sys.stderr)
+        failure = {"status": "error", "error": f"{type(error).__name__}: {error}"}
+        return _emit(failure, EXIT_FAILED, result_file)
+    return _emit(result, EXIT_OK, result_file)
+
+
+def _is_bad_input(error: Exception) -> bool:
+    from airflow_cvat.trainer.prepare import DatasetError
+
+    try:
+        from airflow_cvat.trainer.runtime import DeviceError
+    except ImportError:  # pragma: no cover
+        DeviceError = DatasetError  # noqa: N806
+    return isinstance(error, (DatasetError, DeviceError))
+
+
+def _emit(payload: dict[str, Any], code: int, result_file: str | None = None) -> int:
+    """Print the result as the last stdout line; also write it to ``result_file`` when given.
+
+    The file is written to a temporary name and renamed, so a reader never sees half of it.
+    """
+    text = json.dumps(payload, sort_keys=True, default=str)
+    if result_file:
+        partial = f"{result_file}.partial"
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(partial, result_file)
+    sys.stderr.flush()
+    print(text, flush=True)
+    return code
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_validate(options) -> dict:
+    catalog = load_catalog(options.catalog)
+    args = parse_arguments(options.model, options.arguments, num_images=options.num_images, catalog=catalog)
+    return {"status": "ok", "model": args.model, "arguments": args.to_dict()}
+
+
+def _spec_and_args(options, num_images: int | None = None) -> tuple[ModelSpec, TrainingArguments]:
+    catalog = load_catalog(options.catalog)
+    spec = get_model(options.model, catalog)
+    return spec, parse_arguments(spec.name, options.arguments, num_images=num_images, catalog=catalog)
+
+
+def cmd_prepare(options) -> dict:
+    from airflow_cvat.trainer.storage import Workspace
+
+    with_masks = False
+    if options.model:
+        with_masks = _spec_and_args(options)[0].family == "mask_rcnn"
+    workspace = Workspace(options.output)
+    report = _prepare(workspace, options.dataset, options.validation_fraction, with_masks)
+    return {"status": "ok", "output": workspace.uri, "data": workspace.uri_of("data"), **report}
+
+
+def _prepare(workspace, dataset: str, fraction: float, with_masks: bool) -> dict:
+    from airflow_cvat.trainer import prepare
+
+    data_dir = workspace.pull("data")
+    report = prepare.is_prepared(data_dir, with_masks, fraction)
+    if report is not None:
+        log.info("prepare: already complete in %s, skipping", workspace.uri_of("data"))
+        return report
+    started = time.monotonic()
+    result = prepare.prepare(dataset, data_dir, validation_fraction=fraction, with_masks=with_masks).to_dict()
+    log.info(
+        "prepare: %d train / %d validation images, %d objects in %.1f s",
+        result["train_images"],
+        result["validation_images"],
+        result["objects"],
+        time.monotonic() - started,
+    )
+    workspace.push("data")
+    return result
+
+
+def cmd_train(options) -> dict:
+    from airflow_cvat.trainer.storage import Workspace
+
+    spec, args = _spec_and_args(options)  # fail fast, before TensorFlow loads
+    workspace = Workspace(options.output)
+    strategy, use_gpu = _configure(args.num_clones)
+    report = _prepare(workspace, options.dataset, options.validation_fraction, spec.family == "mask_rcnn")
+    spec, args = _spec_and_args(options, num_images=report["train_images"])
+    workspace.write_text(
+        json.dumps({"model": spec.name, "arguments": options.arguments, "catalog": options.catalog}), RUN_FILE
+    )
+    base = _stage_base_checkpoint(options.base_checkpoint or spec.checkpoint, workspace)
+    config = _config(spec, args, workspace, report["labels"], base, use_gpu)
+    return _train_evaluate_export(workspace, spec, args, config, report["labels"], strategy, use_gpu)
+
+
+def _train_evaluate_export(workspace, spec, args, config, labels, strategy, use_gpu) -> dict:
+    from airflow_cvat.trainer import evaluate, export, train
+
+    if train.is_trained(workspace, args):
+        log.info("train: %d steps already done in %s, skipping", args.steps, workspace.uri_of("checkpoints"))
+        step = train.latest_step(workspace.path("checkpoints"))
+    else:
+        step = train.train(workspace, config, args, strategy, use_gpu)
+    metrics = evaluate.is_evaluated(workspace, step) or evaluate.evaluate(workspace, config, labels)
+    if not export.is_exported(workspace):
+        export.export(workspace, config, labels)
+    result = {
+        "status": "ok",
+        "model": spec.name,
+        "output": workspace.uri,
+        "saved_model": workspace.uri_of("saved_model"),
+        "label_map": workspace.uri_of("label_map.json"),
+        "classes": workspace.uri_of("classes.csv"),
+        "metrics": {k: v for k, v in metrics.items() if k != "step"},
+        "steps": step,
+        "arguments": args.to_dict(),
+        "num_replicas": strategy.num_replicas_in_sync,
+    }
+    workspace.write_text(json.dumps(result, indent=2, sort_keys=True), "result.json")
+    return result
+
+
+def _run_options(options) -> tuple[ModelSpec, TrainingArguments, dict]:
+    """Model and arguments for evaluate/export: the options, or what train recorded."""
+    from airflow_cvat.trainer import storage
+
+    recorded: dict = {}
+    uri = storage.join(options.output, RUN_FILE)
+    if storage.exists(uri):
+        recorded = json.loads(storage.read_text(uri))
+    for key in ("model", "arguments", "catalog"):
+        if getattr(options, key) is None:
+            setattr(options, key, recorded.get(key))
+    if not options.model:
+        raise BadInput(f"--model is needed: {options.output} has no {RUN_FILE} from a train run")
+    return (*_spec_and_args(options), recorded)
+
+
+def _load_labels(workspace) -> tuple[list[dict], int]:
+    path = workspace.pull("data", "prepare.json")
+    if not path.exists():
+        raise BadInput(f"{workspace.uri_of('data')} is not prepared; run prepare or train first")
+    report = json.loads(path.read_text())
+    return report["labels"], report["train_images"]
+
+
+def cmd_evaluate(options) -> dict:
+    from airflow_cvat.trainer import evaluate
+    from airflow_cvat.trainer.storage import Workspace
+
+    spec, _, _ = _run_options(options)
+    workspace = Workspace(options.output)
+    labels, images = _load_labels(workspace)
+    spec, args = _spec_and_args(options, num_images=images)
+    _configure(1)
+    config = _config(spec, args, workspace, labels, None, False)
+    metrics = evaluate.evaluate(workspace, config, labels)
+    return {"status": "ok", "model": spec.name, "output": workspace.uri, "metrics": metrics}
+
+
+def cmd_export(options) -> dict:
+    from airflow_cvat.trainer import export
+    from airflow_cvat.trainer.storage import Workspace
+
+    spec, _, _ = _run_options(options)
+    workspace = Workspace(options.output)
+    labels, images = _load_labels(workspace)
+    spec, args = _spec_and_args(options, num_images=images)
+    _configure(1)
+    config = _config(spec, args, workspace, labels, None, False)
+    return {"status": "ok", "model": spec.name, "output": workspace.uri, **export.export(workspace, config, labels)}
+
+
+def cmd_init_base(options) -> dict:
+    from airflow_cvat.trainer import base
+
+    spec, args = _spec_and_args(options)
+    _configure(1)
+    return {"status": "ok", "model": spec.name, **base.init_base(spec, args, options.output)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _configure(num_clones: int):
+    from airflow_cvat.trainer import runtime
+
+    return runtime.configure(num_clones)
+
+
+def _config(spec, args, workspace, labels, base, use_gpu):
+    from airflow_cvat.trainer import families
+
+    data = families.DataPaths(
+        train=str(workspace.path("data", "train-*.tfrecord")),
+        validation=str(workspace.path("data", "val-*.tfrecord")),
+    )
+    return families.build_config(spec, args, len(labels), data, init_checkpoint=base, use_gpu=use_gpu)
+
+
+def _stage_base_checkpoint(uri: str | None, workspace) -> str | None:
+    """A local path TensorFlow can read for the base checkpoint (downloaded if remote)."""
+    from airflow_cvat.trainer import base
+
+    if not uri:
+        log.warning("no base checkpoint: training starts from random weights (fine for tests, poor for real use)")
+        return None
+    try:
+        return base.stage_checkpoint(uri, workspace.path("base_checkpoint"))
+    except FileNotFoundError as error:
+        raise BadInput(str(error)) from None

@@ -1,0 +1,142 @@
+"""evaluate: COCO AP, AP50, AP75 (and mask AP for Mask R-CNN), per class, on the validation split.
+
+Uses the Model Garden task's own ``validation_step`` and COCO evaluator (pycocotools), with the
+ground truth taken from the validation TFRecords (no annotation file), so the numbers are the
+standard COCO ones. Runs on one device: the validation split is small, and a single-device
+evaluation gives the same numbers however many replicas trained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from airflow_cvat.trainer import families
+from airflow_cvat.trainer.storage import Workspace
+
+log = logging.getLogger(__name__)
+
+HEADLINE = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1", "ARmax10", "ARmax100")
+_PER_CLASS = {
+    "Precision mAP ByCategory": "AP",
+    "Precision mAP ByCategory@50IoU": "AP50",
+    "Precision mAP ByCategory@75IoU": "AP75",
+}
+
+
+def restore_model(config, checkpoint_dir: str):
+    """Build the model for ``config`` and load the newest training checkpoint into it."""
+    task = families.build_task(config)
+    model = task.build_model()
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}; run train first")
+    tf.train.Checkpoint(model=model).read(latest).expect_partial()
+    return task, model, int(latest.rsplit("-", 1)[1])
+
+
+def evaluate(workspace: Workspace, config, labels: list[dict]) -> dict:
+    """Evaluate the newest checkpoint; write metrics.json and TensorBoard events; return metrics."""
+    task, model, step = restore_model(config, str(workspace.pull("checkpoints")))
+    task.build_metrics(training=False)  # creates the task's COCO evaluator
+    dataset = task.build_inputs(config.task.validation_data)
+
+    @tf.function
+    def step_fn(inputs):
+        return task.validation_step(inputs, model)
+
+    state = None
+    for inputs in dataset:
+        state = task.aggregate_logs(state, step_fn(inputs))
+    with per_class_cocoeval():
+        raw = task.reduce_aggregated_logs(state)
+    metrics = summarize(raw, labels, with_masks=_has_masks(config))
+    metrics["step"] = step
+    writer = tf.summary.create_file_writer(str(workspace.path("tensorboard", "eval")))
+    with writer.as_default(step=step):
+        for key in HEADLINE:
+            if metrics.get(key) is not None:
+                tf.summary.scalar(f"coco/{key}", metrics[key])
+    writer.flush()
+    workspace.write_text(json.dumps(metrics, indent=2, sort_keys=True), "metrics.json")
+    workspace.push("tensorboard")
+    log.info("evaluation at step %d: AP %s AP50 %s AP75 %s", step, *(metrics.get(k) for k in HEADLINE[:3]))
+    return metrics
+
+
+@contextlib.contextmanager
+def per_class_cocoeval():
+    """Make the Model Garden's COCO evaluator report per-class AP.
+
+    Its per-category code reads ``COCOeval.category_stats``, which only a patched pycocotools
+    has; stock pycocotools does not, so per-class metrics come out empty. We substitute a
+    COCOeval that computes the first three rows (AP, AP50, AP75 per class) from its own
+    accumulated precision array, for the duration of one evaluation.
+    """
+    from official.vision.evaluation import coco_evaluator
+
+    original = coco_evaluator.cocoeval.COCOeval
+
+    class PerClassCOCOeval(original):
+        def summarize(self):
+            super().summarize()
+            precision = self.eval["precision"]  # [iou, recall, class, area, max_dets]
+            stats = -np.ones((12, precision.shape[2]), dtype=np.float32)
+            for row, iou in ((0, None), (1, 0), (2, 5)):  # all IoUs, IoU 0.5, IoU 0.75
+                chosen = precision if iou is None else precision[iou : iou + 1]
+                for k in range(precision.shape[2]):
+                    values = chosen[:, :, k, 0, -1]
+                    values = values[values > -1]
+                    stats[row, k] = values.mean() if values.size else -1.0
+            self.category_stats = stats
+
+    coco_evaluator.cocoeval.COCOeval = PerClassCOCOeval
+    try:
+        yield
+    finally:
+        coco_evaluator.cocoeval.COCOeval = original
+
+
+def _has_masks(config) -> bool:
+    return bool(getattr(config.task.model, "include_mask", False))
+
+
+def summarize(raw: dict, labels: list[dict], *, with_masks: bool) -> dict:
+    """The evaluator's flat dict -> headline metrics and ``per_class`` keyed by label name.
+
+    COCO gives -1 for a class with no ground truth in the split; we report those as None.
+    """
+    def number(value) -> float | None:
+        value = float(value)
+        return None if value < 0 or not math.isfinite(value) else round(value, 5)
+
+    metrics: dict = {key: number(raw[key]) for key in HEADLINE if key in raw}
+    if with_masks:
+        for key in ("AP", "AP50", "AP75"):
+            if f"mask_{key}" in raw:
+                metrics[f"mask_{key}"] = number(raw[f"mask_{key}"])
+    names = {int(entry["id"]): entry["name"] for entry in labels}
+    per_class: dict[str, dict] = {name: {} for name in names.values()}
+    pattern = re.compile(r"^(?P<prefix>mask )?(?P<kind>Precision mAP ByCategory(?:@\d+IoU)?)/(?P<id>\d+)$")
+    for key, value in raw.items():
+        match = pattern.match(key)
+        if not match or match["kind"] not in _PER_CLASS or int(match["id"]) not in names:
+            continue
+        short = ("mask_" if match["prefix"] else "") + _PER_CLASS[match["kind"]]
+        per_class[names[int(match["id"])]][short] = number(value)
+    metrics["per_class"] = per_class
+    return metrics
+
+
+def is_evaluated(workspace: Workspace, step: int) -> dict | None:
+    path = workspace.pull("metrics.json")
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if metrics.get("step") == step else None
