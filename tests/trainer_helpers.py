@@ -1,0 +1,25 @@
+"""Shared helpers of the trainer tests: run the trainer CLI in a subprocess, read its JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_trainer(*args: str, timeout: float = 600) -> tuple[int, dict, str]:
+    """(exit code, last-line JSON, stderr) of ``python -m airflow_cvat.trainer ARGS``."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow_cvat.trainer", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no stdout; stderr:\n{proc.stderr[-4000:]}"
+    return proc.returncode, json.loads(lines[-1]), proc.stderr
