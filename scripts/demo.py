@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -101,9 +103,24 @@ def airflow(env: dict[str, str], *args: str) -> None:
     subprocess.run([str(Path(sys.executable).parent / "airflow"), *args], env=env, check=True)
 
 
-def main() -> int:
-    from tests.fixtures.servers import free_port
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
+
+def task_durations(database: Path) -> list[tuple[str, str, float]]:
+    """(task, state, seconds) of the newest DAG run, read from the metadata database."""
+    query = (
+        "SELECT task_id, state, duration FROM task_instance WHERE run_id = "
+        "(SELECT run_id FROM dag_run WHERE dag_id = 'cvat_retrain' ORDER BY id DESC LIMIT 1) "
+        "ORDER BY start_date"
+    )
+    with sqlite3.connect(database) as connection:
+        return [(task, str(state), float(seconds or 0)) for task, state, seconds in connection.execute(query)]
+
+
+def main() -> int:
     timings: dict[str, float] = {}
     OUT.mkdir(exist_ok=True)
     started = step(f"Generating a CVAT export of {IMAGES} images")
@@ -134,6 +151,8 @@ def main() -> int:
     print("\n==> Done")
     for name, seconds in timings.items():
         print(f"    {name:<22} {seconds:6.1f} s")
+    for task, state, seconds in task_durations(OUT / "airflow" / "airflow.db"):
+        print(f"      task {task:<17} {seconds:6.1f} s  {state}")
     if latest.exists():
         version = json.loads(latest.read_text())
         print(f"    model (LATEST):  {OUT / 'artifacts' / 'models' / MODEL / version['version']}")

@@ -81,7 +81,8 @@ def test_only_manifest_frames_count_and_split_is_deterministic(tmp_path):
     manifest.archives[0].frame_names = manifest.archives[0].frame_names[:5]
     manifest_path.write_text(manifest.to_json())
     first = prepare(str(tmp_path / "ds"), tmp_path / "a", validation_fraction=0.1)
-    second = prepare(str(tmp_path / "ds"), tmp_path / "b", validation_fraction=0.1)
+    # The export task returns the manifest's URI: it names the same dataset as its folder.
+    second = prepare(manifest_path.as_uri(), tmp_path / "b", validation_fraction=0.1)
     assert first.train_images + first.validation_images == 5 + 15
     assert first.validation_images == 2
     assert read_examples(tmp_path / "a", "val").keys() == read_examples(tmp_path / "b", "val").keys()

@@ -119,6 +119,12 @@ class PrepareReport:
 # ---------------------------------------------------------------------------------------------
 
 
+def dataset_folder(uri: str) -> str:
+    """The dataset folder for either its URI or its manifest's (what the export task returns)."""
+    suffix = "/" + MANIFEST_NAME
+    return uri[: -len(suffix)] if uri.endswith(suffix) else uri
+
+
 def read_manifest(dataset_uri: str) -> Manifest:
     uri = storage.join(dataset_uri, MANIFEST_NAME)
     if not storage.exists(uri):
@@ -488,6 +494,7 @@ def prepare(
     """Convert the dataset at ``dataset_uri`` into ``data_dir``; see the module docstring."""
     if not 0.0 < validation_fraction < 1.0:
         split([], validation_fraction)  # raises the documented message
+    dataset_uri = dataset_folder(dataset_uri)
     manifest = read_manifest(dataset_uri)
     data_dir.mkdir(parents=True, exist_ok=True)
     labels = label_map_for(manifest)
