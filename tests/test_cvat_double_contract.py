@@ -227,6 +227,63 @@ def test_requests_list_matches_recording(seeded: CVATDouble, session: requests.S
 
 
 # ---------------------------------------------------------------------------------------------
+# Frames (GET .../data?type=frame): not recorded, held to the recorded meta and CVAT's own rules
+# ---------------------------------------------------------------------------------------------
+
+
+def test_frames_match_the_recorded_meta_and_cvats_rules(
+    seeded: CVATDouble, session: requests.Session
+) -> None:
+    """No frame was recorded; what was recorded is each frame's size (``task_data_meta``).
+
+    The status codes and bodies follow CVAT 2.73's ``_DataGetter`` and ``TaskFrameProvider``: the
+    image bytes with the type guessed from the file name; 400 with a list for a bad ``type``,
+    missing ``number`` or bad ``quality``; 400 with a bare JSON string for a frame outside the
+    task (or the job).
+    """
+    from PIL import Image
+
+    sizes = [(f["width"], f["height"]) for f in recorded("task_data_meta")["body"]["frames"]]
+    for number, size in enumerate(sizes):
+        for quality in ("original", "compressed"):
+            response = session.get(
+                f"{seeded.url}/api/tasks/1/data",
+                params={"type": "frame", "number": number, "quality": quality},
+            )
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"] == "image/jpeg"
+            assert int(response.headers["content-length"]) == len(response.content)
+            assert Image.open(io.BytesIO(response.content)).size == size
+    default = session.get(f"{seeded.url}/api/tasks/1/data?type=frame&number=3")  # quality: compressed
+    assert default.ok and default.headers["content-type"] == "image/jpeg"
+
+    def refused(path: str, body: Any) -> None:
+        response = session.get(seeded.url + path)
+        assert response.status_code == 400, (path, response.text)
+        assert response.headers["content-type"] == "application/vnd.cvat+json"
+        assert response.json() == body, path
+
+    refused(
+        "/api/tasks/1/data?type=frame&number=10",
+        "Invalid frame '10'. The frame number should be in the [0, 10] range",
+    )
+    refused("/api/tasks/1/data?number=0", ["Data type not specified or has wrong value"])
+    refused("/api/tasks/1/data?type=picture&number=0", ["Data type not specified or has wrong value"])
+    refused("/api/tasks/1/data?type=frame", ["Number is not specified"])
+    refused("/api/tasks/1/data?type=frame&number=0&quality=best", ["Wrong quality value"])
+    refused("/api/jobs/1/data?type=frame&number=5", "Incorrect requested frame number: 5")
+    assert session.get(f"{seeded.url}/api/tasks/99/data?type=frame&number=0").status_code == 404
+    assert requests.get(f"{seeded.url}/api/tasks/1/data?type=frame&number=0").status_code == 401
+
+    import cvat_sdk
+
+    with cvat_sdk.make_client(seeded.url, access_token=seeded.DEFAULT_TOKEN) as client:
+        by_task = client.tasks.retrieve(1).get_frame(7, quality="original").read()
+        by_job = client.jobs.retrieve(2).get_frame(7, quality="original").read()
+    assert by_task == by_job == session.get(f"{seeded.url}/api/tasks/1/data?type=frame&number=7").content
+
+
+# ---------------------------------------------------------------------------------------------
 # Zips
 # ---------------------------------------------------------------------------------------------
 

@@ -46,6 +46,12 @@ temp file and streamed; a task export holds its non-deleted frames, a job export
 Only "COCO 1.0" and "CVAT for images 1.1" are written; other real formats end "failed", unknown
 ones ("TFRecord 1.0") get CVAT's 400.
 
+Frames: ``GET /api/tasks/{id}/data?type=frame&number=N[&quality=compressed|original]`` (and
+``/api/jobs/{id}/data``, N a task frame number inside the job) answer the frame's JPEG as
+``image/jpeg``; ``type=preview`` frame 0. Refusals as CVAT 2.73 words them: 400 for a bad
+``type``, missing ``number``, bad ``quality`` or a frame outside the task/job. Chunks and context
+images are not served.
+
 Faults:
   - ``fail_next(method, path_regex, status, times=1, *, body=None, headers=None)``: the next
     matching requests get ``status`` (429/503 with ``Retry-After: 0``); ``method`` may be "*".

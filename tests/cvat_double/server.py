@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import mimetypes
 import os
 import re
 import secrets
@@ -471,9 +472,11 @@ class _Api:
         add("GET", r"/api/tasks/(\d+)", self.get_task)
         add("GET", r"/api/tasks/(\d+)/data/meta", self.get_meta)
         add("PATCH", r"/api/tasks/(\d+)/data/meta", self.patch_meta)
+        add("GET", r"/api/tasks/(\d+)/data", self.task_data)
         add("GET", r"/api/jobs", self.list_jobs)
         add("GET", r"/api/jobs/(\d+)", self.get_job)
         add("PATCH", r"/api/jobs/(\d+)", self.patch_job)
+        add("GET", r"/api/jobs/(\d+)/data", self.job_data)
         add("GET", r"/api/labels", self.list_labels)
         add("GET", r"/api/labels/(\d+)", self.get_label)
         for verb in ("GET", "PATCH", "PUT", "DELETE"):
@@ -823,6 +826,63 @@ class _Api:
             task.deleted_frames = set(deleted)
             task.updated = now_iso()
         return _Response(200, self.meta_json(task))
+
+    # -- media ------------------------------------------------------------------------------
+
+    def task_data(self, call: _Call, task_id: str) -> _Response:
+        """``GET /api/tasks/{id}/data?type=frame&number=N[&quality=compressed|original]``."""
+        task = self.task(call, int(task_id))
+        number = self._data_request(call)
+        if number is None:
+            return self._frame(task, 0)
+        if not 0 <= number < task.size:
+            # CVAT's TaskFrameProvider: a ValidationError answered as a bare JSON string.
+            raise ApiError(
+                400,
+                f"Invalid frame '{number}'. The frame number should be in the [0, {task.size}] range",
+            )
+        return self._frame(task, number)
+
+    def job_data(self, call: _Call, job_id: str) -> _Response:
+        """``GET /api/jobs/{id}/data?type=frame&number=N``: N is a task frame number inside the job."""
+        job = self.job(call, int(job_id))
+        task = self.state.tasks[job.task_id]
+        number = self._data_request(call)
+        if number is None:
+            return self._frame(task, job.frames[0])
+        if number not in job.frames:
+            raise ApiError(400, f"Incorrect requested frame number: {number}")
+        return self._frame(task, number)
+
+    @staticmethod
+    def _data_request(call: _Call) -> int | None:
+        """Validate like CVAT's ``_DataGetter``: the frame number, or None for ``type=preview``.
+
+        The double serves frames and previews; ``chunk`` and ``context_image`` (valid in CVAT) are
+        refused with a 400 that says so.
+        """
+        kind = call.param("type")
+        if kind not in ("chunk", "frame", "preview", "context_image"):
+            raise ApiError(400, ["Data type not specified or has wrong value"])
+        if kind in ("chunk", "context_image"):
+            raise ApiError(400, {"detail": f"The CVAT double does not serve type={kind}"})
+        if kind == "frame" and call.param("number") is None:
+            raise ApiError(400, ["Number is not specified"])
+        if call.param("quality", "compressed") not in ("compressed", "original"):
+            raise ApiError(400, ["Wrong quality value"])
+        return call.int_param("number") if kind == "frame" else None
+
+    @staticmethod
+    def _frame(task: Task, number: int) -> _Response:
+        """The frame's image bytes with the type CVAT guesses from the file name (``image/jpeg``).
+
+        Both qualities serve the same JPEG: a real server's ``compressed`` frame is re-encoded at
+        the task's image quality, so only its bytes would differ. Deleted frames are served, as
+        in CVAT (they stay in the task's data).
+        """
+        frame = task.source.image(number)
+        mime = mimetypes.guess_type(frame.name)[0] or "image/jpeg"
+        return _Response(200, raw=frame.jpeg, content_type=mime)
 
     # -- jobs -------------------------------------------------------------------------------
 
