@@ -520,6 +520,8 @@ def make_client(url: str, env: dict[str, str], workers: int):
     pool["maxsize"] = max(workers, 1) + 1  # parallel frame downloads share the pool
     try:
         client.login(credentials)
+        # A token login sends nothing; ask who we are so wrong credentials fail here, clearly.
+        client.api_client.users_api.retrieve_self()
     except ApiException as error:
         if error.status in (401, 403):
             raise BadInput(f"CVAT at {url} rejected the credentials ({error.status}): {error.body}") from None
