@@ -19,7 +19,8 @@ interchangeable in keys, so ``stage-1-epochs`` works as the seed spelled it):
 ``num_clones``
     Number of GPUs (replicas of tf.distribute.MirroredStrategy). frcnn-nas-coco needs 2 or more.
 ``input_size``
-    Square side in pixels the images are resized to (32 to 2048, a multiple of 32).
+    Square side in pixels the images are resized to (64 to 2048, a multiple of 64: the
+    coarsest feature level is 1/64 of the image, so base checkpoints fit any allowed size).
 ``checkpoint_steps``
     Write a checkpoint every this many steps (so a retried pod resumes, not restarts).
 ``stage1_epochs``, ``stage2_epochs``, ``stage3_epochs``
@@ -36,6 +37,8 @@ from typing import Any
 from airflow_cvat.catalog import CatalogError, ModelSpec, get_model
 
 MAX_INPUT_SIZE = 2048
+SIZE_STEP = 64
+"""input_size granularity: the coarsest feature level (6) of every family is 1/64 of the image."""
 MAX_CLONES = 64
 
 _KEYS_ALL = ("epochs", "batch_size", "initial_learning_rate", "num_clones", "input_size", "checkpoint_steps")
@@ -143,9 +146,11 @@ def parse_arguments(
     batch_size = _int(values, "batch_size", spec.batch_size, minimum=1)
     num_clones = _int(values, "num_clones", 1, minimum=1, maximum=MAX_CLONES)
     learning_rate = _float(values, "initial_learning_rate", spec.initial_learning_rate)
-    input_size = _int(values, "input_size", spec.input_size, minimum=32, maximum=MAX_INPUT_SIZE)
-    if input_size % 32:
-        raise ArgumentError(f"input_size={input_size} must be a multiple of 32 (e.g. {_round32(input_size)})")
+    input_size = _int(values, "input_size", spec.input_size, minimum=SIZE_STEP, maximum=MAX_INPUT_SIZE)
+    if input_size % SIZE_STEP:
+        raise ArgumentError(
+            f"input_size={input_size} must be a multiple of {SIZE_STEP} (e.g. {_round_size(input_size)})"
+        )
     _check_combinations(spec, batch_size=batch_size, num_clones=num_clones)
     if num_images is not None and num_images < 1:
         raise ArgumentError("the dataset has no training images; export finished, annotated jobs first")
@@ -231,5 +236,5 @@ def _float(values: dict[str, str], key: str, default: float) -> float:
     return value
 
 
-def _round32(value: int) -> int:
-    return max(32, int(round(value / 32)) * 32)
+def _round_size(value: int) -> int:
+    return max(SIZE_STEP, int(round(value / SIZE_STEP)) * SIZE_STEP)

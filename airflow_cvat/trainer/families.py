@@ -56,7 +56,6 @@ def build_config(
     task.model.input_size = [args.input_size, args.input_size, 3]
     # Sync BN across replicas only on GPUs: on logical CPU devices it made a step 200x slower.
     task.model.norm_activation.use_sync_bn = use_gpu and args.num_clones > 1
-    _fit_levels(task.model, args.input_size)
     task.init_checkpoint = init_checkpoint or ""
     task.init_checkpoint_modules = BASE_CHECKPOINT_MODULES
     task.annotation_file = None
@@ -68,17 +67,6 @@ def build_config(
     config.trainer.train_steps = args.steps
     config.trainer.checkpoint_interval = args.checkpoint_steps
     return config
-
-
-def _fit_levels(model, input_size: int) -> None:
-    """Lower ``max_level`` until 2**max_level divides the input size.
-
-    Why: the Model Garden pads images to a multiple of 2**max_level but builds the model for
-    ``input_size``; when the two differ, training fails on a shape mismatch. RetinaNet's level 7
-    (and R-CNN's level 6) only exist for sizes that are multiples of 128 (64).
-    """
-    while model.max_level > 5 and input_size % 2**model.max_level:
-        model.max_level -= 1
 
 
 def _data(data: cfg.DataConfig, pattern: str, batch: int, *, training: bool, dtype: str) -> None:
@@ -106,7 +94,10 @@ def _retinanet(spec: ModelSpec) -> cfg.ExperimentConfig:
     config = exp_factory.get_exp_config("retinanet_resnetfpn_coco")
     model: retinanet_cfg.RetinaNet = config.task.model
     model.backbone = _backbone(spec.backbone)
-    model.min_level, model.max_level = 3, 7
+    # Levels 3..6, not the Model Garden's 3..7: level 7 only exists for sizes that are multiples
+    # of 128, and levels must not depend on input_size or a base checkpoint made at one size
+    # would not load at another. Arguments require multiples of 64.
+    model.min_level, model.max_level = 3, 6
     model.detection_generator.pre_nms_score_threshold = 0.05
     if spec.backbone == "mobilenet_v2":
         _mobile_head(model)
