@@ -25,8 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "demo-output"
 MODEL = "ssd-mobilenet-v2-coco"
-IMAGES = int(os.environ.get("DEMO_IMAGES", "160"))
-ARGUMENTS = os.environ.get("DEMO_ARGUMENTS", "epochs=400;batch_size=4;input_size=128")
+IMAGES = int(os.environ.get("DEMO_IMAGES", "200"))
+ARGUMENTS = os.environ.get("DEMO_ARGUMENTS", "epochs=600;batch_size=4;input_size=128;initial_learning_rate=0.02")
 RECIPIENT = "annotators@example.com"
 
 
@@ -156,7 +156,7 @@ def main() -> int:
     if latest.exists():
         version = json.loads(latest.read_text())
         print(f"    model (LATEST):  {OUT / 'artifacts' / 'models' / MODEL / version['version']}")
-        print(f"    AP50:            {version.get('ap50')}")
+        print(f"    AP50:            {version.get('AP50')}")
     else:
         print("    LATEST was not written: see the DAG's log above")
     messages = sorted(mail.glob("*.eml"))
