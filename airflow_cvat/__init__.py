@@ -30,6 +30,7 @@ def get_provider_info() -> dict:
                     "airflow_cvat.operators.base_model",
                     "airflow_cvat.operators.training",
                     "airflow_cvat.operators.convert",
+                    "airflow_cvat.operators.preannotate",
                 ],
             },
         ],

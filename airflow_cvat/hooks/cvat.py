@@ -126,6 +126,38 @@ class CVATHook(BaseHook):
     def organization(self) -> str | None:
         return self._connection.extra_dejson.get("organization") or None
 
+    @property
+    def verify_ssl(self) -> bool:
+        verify = self._connection.extra_dejson.get("verify_ssl", True)
+        if isinstance(verify, str):
+            verify = verify.lower() not in ("false", "0", "no")
+        return bool(verify)
+
+    def credentials_environment(self) -> dict[str, str]:
+        """The connection as the ``CVAT_*`` variables that commands outside Airflow read.
+
+        ``CVAT_ACCESS_TOKEN`` (the password when there is no login) or ``CVAT_USERNAME`` and
+        ``CVAT_PASSWORD``; ``CVAT_ORGANIZATION`` when set; ``CVAT_VERIFY_SSL``. For a subprocess's
+        environment only, never its command line; the secret is masked in task logs.
+        """
+        from airflow.sdk.log import mask_secret
+
+        conn = self._connection
+        if not conn.password:
+            raise CVATError(
+                f"connection {self.cvat_conn_id!r} has no token or password: store a personal access token "
+                "(or, with a user in Login, the password) in the connection's Password field"
+            )
+        mask_secret(conn.password)
+        if conn.login:
+            env = {"CVAT_USERNAME": conn.login, "CVAT_PASSWORD": conn.password}
+        else:
+            env = {"CVAT_ACCESS_TOKEN": conn.password}
+        if self.organization:
+            env["CVAT_ORGANIZATION"] = self.organization
+        env["CVAT_VERIFY_SSL"] = "true" if self.verify_ssl else "false"
+        return env
+
     def get_conn(self) -> Client:
         """An authenticated cvat-sdk client; the server version is checked once per hook."""
         return self.client
@@ -136,10 +168,7 @@ class CVATHook(BaseHook):
         from cvat_sdk.core.client import AccessTokenCredentials, Config, PasswordCredentials
 
         conn = self._connection
-        verify = conn.extra_dejson.get("verify_ssl", True)
-        if isinstance(verify, str):
-            verify = verify.lower() not in ("false", "0", "no")
-        config = Config(status_check_period=self.status_check_period, verify_ssl=bool(verify))
+        config = Config(status_check_period=self.status_check_period, verify_ssl=self.verify_ssl)
         client = Client(self.server_url, config=config, check_server_version=False)
         # The sdk builds its urllib3 pool before we can pass a Configuration; pools are created
         # lazily from these keywords, so this reaches every request.
@@ -229,6 +258,10 @@ class CVATHook(BaseHook):
     def get_project_tasks(self, project_id: int) -> list:
         with self._errors(f"tasks of project {project_id}"):
             return self.get_project(project_id).get_tasks()
+
+    def get_job(self, job_id: int):
+        with self._errors(f"job {job_id}"):
+            return self.client.jobs.retrieve(job_id)
 
     def get_jobs(self, task_id: int) -> list:
         with self._errors(f"jobs of task {task_id}"):

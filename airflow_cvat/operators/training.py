@@ -269,33 +269,15 @@ class LocalTrainingOperator(TrainingParams, BaseOperator):
         return self._outcome(code, result, tail)
 
     def _environment(self) -> dict[str, str]:
-        """The worker's environment without Airflow's secrets, plus the storage credentials."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
-        env.update({str(k): str(v) for k, v in self.env.items()})
-        env["PYTHONUNBUFFERED"] = "1"  # lines reach the task log as they are printed
-        env.update(aws_environment(self.storage_conn_id))
-        return env
+        return worker_environment(self.env, self.storage_conn_id)
 
     def _run(self, argv: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
         """Stream the trainer's output into the log; (exit code, last lines)."""
-        tail: deque[str] = deque(maxlen=40)
-        self._process = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            text=True,
-            bufsize=1,
-            start_new_session=True,  # on_kill stops the trainer and anything it started
-        )
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            line = line.rstrip("\n")
-            self.log.info("%s", line)
-            if line.strip():
-                tail.append(line)
-        return self._process.wait(), list(tail)
+
+        def started(process: subprocess.Popen) -> None:
+            self._process = process
+
+        return run_streamed(argv, env, self.log, started)
 
     def _outcome(self, code: int, result: dict[str, Any] | None, tail: list[str]) -> dict[str, Any]:
         if code == 0 and result is not None and result.get("status") == "ok":
@@ -312,6 +294,45 @@ class LocalTrainingOperator(TrainingParams, BaseOperator):
     def on_kill(self) -> None:
         if self._process is not None and self._process.poll() is None:
             os.killpg(self._process.pid, signal.SIGTERM)
+
+
+def worker_environment(extra: dict[str, Any] | None, storage_conn_id: str | None) -> dict[str, str]:
+    """The worker's environment without Airflow's secrets, plus ``extra`` and the storage credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
+    env.update({str(k): str(v) for k, v in (extra or {}).items()})
+    env["PYTHONUNBUFFERED"] = "1"  # lines reach the task log as they are printed
+    env.update(aws_environment(storage_conn_id))
+    return env
+
+
+def run_streamed(
+    argv: list[str], env: dict[str, str], log: Any, started: Any = None
+) -> tuple[int, list[str]]:
+    """Run a command with its output streamed line by line into ``log``; (exit code, last lines).
+
+    ``started(process)`` is called once the process exists (an operator keeps it for on_kill). The
+    process gets its own session, so killing its group stops it and anything it started.
+    """
+    tail: deque[str] = deque(maxlen=40)
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
+    if started is not None:
+        started(process)
+    assert process.stdout is not None
+    for line in process.stdout:
+        line = line.rstrip("\n")
+        log.info("%s", line)
+        if line.strip():
+            tail.append(line)
+    return process.wait(), list(tail)
 
 
 def aws_environment(conn_id: str | None) -> dict[str, str]:

@@ -1,0 +1,718 @@
+"""Pre-annotation operators: a published model annotates CVAT frames nobody has annotated yet.
+
+The work is done by one command, ``python -m airflow_cvat.trainer.preannotate`` (it imports
+TensorFlow; see that module for what it uploads and why a rerun adds no duplicates). As for
+training (:mod:`airflow_cvat.operators.training`), one command builder, :class:`PreAnnotateCommand`,
+serves two thin ways to run it:
+
+* :class:`PreAnnotateOperator`: a subprocess of the worker, its output streamed into the task log.
+  The CVAT connection's token (or user and password) reaches it as ``CVAT_*`` environment
+  variables, never its command line; storage credentials as ``AWS_*`` from ``storage_conn_id``.
+* ``KubernetesPreAnnotateOperator``: a pod of the training image. Credentials come from
+  Kubernetes Secrets mounted with ``envFrom`` (``cvat_secret``: ``CVAT_ACCESS_TOKEN``, or
+  ``CVAT_USERNAME`` and ``CVAT_PASSWORD``, optionally ``CVAT_ORGANIZATION``; ``storage_secret``:
+  ``AWS_*``); neither the pod spec nor the rendered templates hold them. Created on first access
+  (module ``__getattr__``): importing this module never imports the Kubernetes client.
+
+:func:`preannotate_operator` picks one by ``execution`` ("local" or "kubernetes") with one set of
+keyword arguments. Both check their input when the task runs, before a process or pod starts
+(AirflowFailException: a typo is not worth a retry); both return the command's JSON summary
+(frames, shapes, per-label counts, seconds of inference and of upload) as the XCom, and both skip
+(AirflowSkipException) when ``enabled`` renders false, which is how a DAG makes the step optional.
+
+Which model: ``model_uri`` is a published version folder, a model folder (its LATEST is read when
+the command runs) or a LATEST file; or ``root`` and ``model_name`` (``{root}/models/{name}``); or
+the publish step's XCom (:class:`~airflow_cvat.operators.convert.ConvertModelOperator`'s outcome):
+the new version when it moved LATEST, else LATEST (the model that passed the quality gate).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+from airflow_cvat.operators.training import (
+    DEFAULT_IMAGE,
+    DEFAULT_STORAGE_SECRET,
+    POD_RESULT_FILE,
+    _read_result,
+    run_streamed,
+    worker_environment,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_cvat.hooks.cvat import CVATHook
+
+PREANNOTATE_MODULE = "airflow_cvat.trainer.preannotate"
+DEFAULT_CVAT_SECRET = "cvat-credentials"
+EXECUTIONS = ("local", "kubernetes")
+# The command's own choices (airflow_cvat.trainer.preannotate; not imported here: it needs numpy).
+JOB_STATES = ("new", "in progress", "completed", "rejected")
+EXISTING_MODES = ("skip", "replace")
+MASK_MODES = ("polygon", "mask", "box")
+EXIT_BAD_INPUT = 2
+
+PREANNOTATE_TEMPLATE_FIELDS: tuple[str, ...] = (
+    "task_ids",
+    "project_id",
+    "job_ids",
+    "model_uri",
+    "root",
+    "model_name",
+    "threshold",
+    "job_states",
+    "existing",
+    "masks",
+    "batch_size",
+    "cvat_url",
+    "enabled",
+)
+
+
+# -- the one command builder -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreAnnotateCommand:
+    """The pre-annotation command line, without the interpreter; never credentials."""
+
+    model_uri: str
+    cvat_url: str
+    task_ids: tuple[int, ...]
+    job_ids: tuple[int, ...] = ()
+    job_states: tuple[str, ...] = ("new",)
+    threshold: float = 0.5
+    batch_size: int = 16
+    existing: str = "skip"
+    masks: str = "polygon"
+    result_file: str | None = None
+
+    def args(self) -> list[str]:
+        argv = ["--model-uri", self.model_uri, "--cvat-url", self.cvat_url]
+        for task_id in self.task_ids:
+            argv += ["--task-id", str(task_id)]
+        argv += ["--job-states", ",".join(self.job_states), "--threshold", str(self.threshold)]
+        argv += ["--batch-size", str(self.batch_size), "--existing", self.existing, "--masks", self.masks]
+        if self.job_ids:
+            argv += ["--job-ids", ",".join(map(str, self.job_ids))]
+        if self.result_file:
+            argv += ["--result-file", self.result_file]
+        return argv
+
+    def argv(self, python: str, module: str = PREANNOTATE_MODULE) -> list[str]:
+        return [python, "-m", module, *self.args()]
+
+
+@dataclass(frozen=True)
+class Request:
+    """The operator's rendered fields, checked (what the command line is built from)."""
+
+    model_uri: str
+    task_ids: tuple[int, ...]
+    project_id: int | None
+    job_ids: tuple[int, ...]
+    job_states: tuple[str, ...]
+    threshold: float
+    batch_size: int
+    existing: str
+    masks: str
+
+    def command(self, cvat_url: str, task_ids: Sequence[int], result_file: str | None) -> PreAnnotateCommand:
+        return PreAnnotateCommand(
+            model_uri=self.model_uri,
+            cvat_url=cvat_url,
+            task_ids=tuple(task_ids),
+            job_ids=self.job_ids,
+            job_states=self.job_states,
+            threshold=self.threshold,
+            batch_size=self.batch_size,
+            existing=self.existing,
+            masks=self.masks,
+            result_file=result_file,
+        )
+
+
+def model_from_outcome(outcome: dict[str, Any]) -> str | None:
+    """The model a publish outcome points pre-annotation at: the new version if it moved LATEST.
+
+    Why LATEST otherwise: a version that failed the quality gate (or was not published at all)
+    is not what people should correct; LATEST is the best model that passed.
+    """
+    latest = outcome.get("latest") or {}
+    if outcome.get("published") and latest.get("moved") and outcome.get("uri"):
+        return str(outcome["uri"])
+    return latest.get("uri") or None
+
+
+def _ints(value: Any, name: str) -> tuple[int, ...]:
+    """A list of positive ids from a list, a number, or text ("1,2" or "[1, 2]")."""
+    if value in (None, "", [], ()):
+        return ()
+    items: Any = value
+    if isinstance(value, str):
+        try:
+            items = json.loads(value) if value.strip().startswith("[") else value.split(",")
+        except ValueError:
+            items = [value]
+    if not isinstance(items, list | tuple):
+        items = [items]
+    try:
+        ids = tuple(int(str(v).strip()) for v in items if str(v).strip())
+        if any(isinstance(v, bool) for v in items) or any(i < 1 for i in ids):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise AirflowFailException(f"{name} must be CVAT ids (positive integers), got {value!r}") from None
+    return tuple(dict.fromkeys(ids))
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "", "none"):
+        return False
+    raise AirflowFailException(f"enabled must be true or false, got {value!r}")
+
+
+def _check_execution(execution: str) -> None:
+    if execution not in EXECUTIONS:
+        raise ValueError(f"execution must be 'local' or 'kubernetes', got {execution!r}")
+
+
+class PreAnnotateParams:
+    """Fields and checks shared by both operators (a mixin: no __init__ of its own)."""
+
+    task_ids: Any
+    project_id: Any
+    job_ids: Any
+    model_uri: Any
+    root: str | None
+    model_name: str | None
+    threshold: Any
+    job_states: Any
+    existing: str
+    masks: str
+    batch_size: Any
+    cvat_conn_id: str
+    cvat_url: str | None
+    enabled: Any
+    trainer_module: str
+
+    def _set_preannotate_params(
+        self,
+        *,
+        task_ids: Any,
+        project_id: Any,
+        job_ids: Any,
+        model_uri: Any,
+        root: str | None,
+        model_name: str | None,
+        threshold: Any,
+        job_states: Any,
+        existing: str,
+        masks: str,
+        batch_size: Any,
+        cvat_conn_id: str,
+        cvat_url: str | None,
+        enabled: Any,
+        trainer_module: str,
+    ) -> None:
+        if not model_uri and not (root and model_name):
+            raise ValueError(
+                "give model_uri, or root and model_name: model_uri is a published version, a model "
+                "folder, a LATEST file or the publish step's XCom; root and model_name mean "
+                "{root}/models/{model_name}"
+            )
+        self.task_ids = task_ids
+        self.project_id = project_id
+        self.job_ids = job_ids
+        self.model_uri = model_uri
+        self.root = root
+        self.model_name = model_name
+        self.threshold = threshold
+        self.job_states = job_states
+        self.existing = existing
+        self.masks = masks
+        self.batch_size = batch_size
+        self.cvat_conn_id = cvat_conn_id
+        self.cvat_url = cvat_url
+        self.enabled = enabled
+        self.trainer_module = trainer_module
+
+    def skip_if_disabled(self) -> None:
+        if not _bool(self.enabled):
+            raise AirflowSkipException("pre-annotation is switched off (enabled is false)")
+
+    def validated(self) -> Request:
+        """Every rendered field checked; AirflowFailException names the field and what is allowed."""
+        task_ids = _ints(self.task_ids, "task_ids")
+        job_ids = _ints(self.job_ids, "job_ids")
+        project = _ints(self.project_id, "project_id")
+        if len(project) > 1:
+            raise AirflowFailException(f"project_id must be one CVAT project id, got {self.project_id!r}")
+        if not (task_ids or job_ids or project):
+            raise AirflowFailException(
+                "task_ids: give at least one CVAT task id (or a project_id, or job_ids) to pre-annotate"
+            )
+        try:
+            threshold = float(self.threshold)
+        except (TypeError, ValueError):
+            threshold = -1.0
+        if not 0.0 <= threshold <= 1.0:
+            raise AirflowFailException(f"threshold must be a score within 0..1, got {self.threshold!r}")
+        states = self.job_states
+        if isinstance(states, str):
+            states = states.split(",")
+        states = tuple(str(s).strip() for s in (states or ()) if str(s).strip())
+        unknown = [s for s in states if s not in JOB_STATES]
+        if not states or unknown:
+            raise AirflowFailException(
+                f"job_states: {unknown or 'none given'}; choose from {', '.join(JOB_STATES)}"
+            )
+        try:
+            batch_size = int(self.batch_size)
+        except (TypeError, ValueError):
+            batch_size = 0
+        if batch_size < 1:
+            raise AirflowFailException(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        if self.existing not in EXISTING_MODES:
+            raise AirflowFailException(f"existing must be one of {EXISTING_MODES}, got {self.existing!r}")
+        if self.masks not in MASK_MODES:
+            raise AirflowFailException(f"masks must be one of {MASK_MODES}, got {self.masks!r}")
+        return Request(
+            model_uri=self.model_location(),
+            task_ids=task_ids,
+            project_id=project[0] if project else None,
+            job_ids=job_ids,
+            job_states=states,
+            threshold=threshold,
+            batch_size=batch_size,
+            existing=self.existing,
+            masks=self.masks,
+        )
+
+    def model_location(self) -> str:
+        model = self.model_uri
+        if isinstance(model, dict):
+            model = model_from_outcome(model)
+            if not model:
+                raise AirflowFailException("the publish step's outcome names no published model or LATEST")
+        if not model:
+            model = f"{str(self.root).rstrip('/')}/models/{self.model_name}"
+        return str(model).rstrip("/")
+
+    def resolve_task_ids(self, request: Request, hook: CVATHook | None) -> tuple[int, ...]:
+        """The tasks to give the command: those named, a project's, and the tasks of named jobs."""
+        task_ids = list(request.task_ids)
+        if request.project_id is not None or (request.job_ids and not task_ids):
+            assert hook is not None
+            if request.project_id is not None:
+                task_ids += [int(t.id) for t in hook.get_project_tasks(request.project_id)]
+            if request.job_ids and not request.task_ids:
+                task_ids += [int(hook.get_job(j).task_id) for j in request.job_ids]
+        task_ids = list(dict.fromkeys(task_ids))
+        if not task_ids:
+            raise AirflowFailException(f"project {request.project_id} has no tasks to pre-annotate")
+        return tuple(task_ids)
+
+    def needs_cvat_calls(self, request: Request) -> bool:
+        return request.project_id is not None or bool(request.job_ids and not request.task_ids)
+
+    def log_summary(self, result: dict[str, Any]) -> None:
+        labels = ", ".join(f"{k} {v}" for k, v in (result.get("per_label") or {}).items()) or "none"
+        self.log.info(  # type: ignore[attr-defined]
+            "Pre-annotated %s frame(s) of task(s) %s: %s shape(s) (%s); %.1f s inference, %.1f s upload",
+            result.get("frames"),
+            result.get("task_ids"),
+            result.get("shapes"),
+            labels,
+            result.get("seconds_inference") or 0.0,
+            result.get("seconds_upload") or 0.0,
+        )
+
+
+def check_published_model(uri: str, conn_id: str | None) -> None:
+    """Fail now when nothing is published at ``uri`` (the command would fail the same way, later)."""
+    from airflow_cvat.operators.convert import storage_path
+
+    path = storage_path(uri, conn_id)
+    if (path / "saved_model" / "saved_model.pb").exists():
+        return
+    latest = path if path.name == "LATEST" else path / "LATEST"
+    if latest.exists():
+        return
+    raise AirflowFailException(
+        f"no published model at {uri}: expected a version folder with saved_model/, a model folder "
+        "with LATEST, or a LATEST file (has the publish step run for this model name?)"
+    )
+
+
+# -- local execution ---------------------------------------------------------------------------
+
+
+class PreAnnotateOperator(PreAnnotateParams, BaseOperator):
+    """Pre-annotate CVAT tasks with a published model, in a subprocess of the worker.
+
+    :param task_ids: CVAT task ids (a list, a number or "1,2").
+    :param project_id: a CVAT project: all its tasks (listed when the task runs).
+    :param job_ids: only these jobs (their tasks are looked up when no task_ids are given).
+    :param model_uri: a published version folder, a model folder, a LATEST file, or the publish
+        step's XCom. Or give ``root`` and ``model_name`` instead.
+    :param threshold: lowest detection score uploaded (0..1).
+    :param job_states: jobs in these states are annotated (default: new, work nobody started).
+    :param existing: frames holding only earlier auto shapes: "skip" them, or "replace" the shapes.
+    :param masks: Mask R-CNN output as "polygon", "mask" or "box".
+    :param batch_size: frames per model call.
+    :param cvat_conn_id: the CVAT connection (URL, token or user and password, organization).
+    :param cvat_url: the server URL as the command reaches it, when it differs from the connection's.
+    :param storage_conn_id: AWS connection for s3:// models (AWS_* in the command's environment).
+    :param enabled: false skips the task (AirflowSkipException); templated, for a DAG param.
+    :param trainer_module: the module run with ``python -m``; ``python``: the interpreter.
+    :param env: extra, non-secret environment variables for the command.
+    :return: the command's JSON summary (XCom).
+    """
+
+    template_fields: Sequence[str] = PREANNOTATE_TEMPLATE_FIELDS
+    ui_color = "#fdf1e0"
+
+    def __init__(
+        self,
+        *,
+        task_ids: Any = None,
+        project_id: Any = None,
+        job_ids: Any = None,
+        model_uri: Any = None,
+        root: str | None = None,
+        model_name: str | None = None,
+        threshold: Any = 0.5,
+        job_states: Any = ("new",),
+        existing: str = "skip",
+        masks: str = "polygon",
+        batch_size: Any = 16,
+        cvat_conn_id: str = "cvat_default",
+        cvat_url: str | None = None,
+        storage_conn_id: str | None = None,
+        enabled: Any = True,
+        trainer_module: str = PREANNOTATE_MODULE,
+        python: str | None = None,
+        env: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._set_preannotate_params(
+            task_ids=task_ids,
+            project_id=project_id,
+            job_ids=job_ids,
+            model_uri=model_uri,
+            root=root,
+            model_name=model_name,
+            threshold=threshold,
+            job_states=job_states,
+            existing=existing,
+            masks=masks,
+            batch_size=batch_size,
+            cvat_conn_id=cvat_conn_id,
+            cvat_url=cvat_url,
+            enabled=enabled,
+            trainer_module=trainer_module,
+        )
+        self.storage_conn_id = storage_conn_id
+        self.python = python
+        self.env = env or {}
+        self._process: subprocess.Popen | None = None
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_cvat.hooks.cvat import CVATError, CVATHook
+
+        self.skip_if_disabled()
+        request = self.validated()
+        check_published_model(request.model_uri, self.storage_conn_id)
+        hook = CVATHook(self.cvat_conn_id)
+        try:
+            cvat_url = self.cvat_url or hook.server_url
+            credentials = hook.credentials_environment()
+        except CVATError as error:
+            raise AirflowFailException(str(error)) from None
+        task_ids = self.resolve_task_ids(request, hook)
+        env = {
+            k: v
+            for k, v in worker_environment(self.env, self.storage_conn_id).items()
+            if not k.startswith("CVAT_")
+        }
+        env.update(credentials)
+        with tempfile.TemporaryDirectory(prefix="cvat-preannotate-") as scratch:
+            result_file = os.path.join(scratch, "result.json")
+            argv = request.command(cvat_url, task_ids, result_file).argv(
+                self.python or sys.executable, self.trainer_module
+            )
+            self.log.info("Pre-annotating: %s", shlex.join(argv))
+
+            def started(process: subprocess.Popen) -> None:
+                self._process = process
+
+            code, tail = run_streamed(argv, env, self.log, started)
+            result = _read_result(result_file, tail)
+        return self._outcome(code, result, tail)
+
+    def _outcome(self, code: int, result: dict[str, Any] | None, tail: list[str]) -> dict[str, Any]:
+        if code == 0 and result is not None and result.get("status") == "ok":
+            self.log_summary(result)
+            return result
+        if result is not None and result.get("status") == "error":
+            error = AirflowFailException if code == EXIT_BAD_INPUT else AirflowException
+            raise error(f"pre-annotation failed: {result.get('error') or result}")
+        last = "\n".join(tail[-15:])
+        if code < 0:
+            raise AirflowException(f"pre-annotation was killed by signal {-code}; last output:\n{last}")
+        raise AirflowException(
+            f"pre-annotation exited with code {code} and no JSON result; last output:\n{last}"
+        )
+
+    def on_kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGTERM)
+
+
+# -- Kubernetes --------------------------------------------------------------------------------
+
+
+class KubernetesPreAnnotateMixin(PreAnnotateParams):
+    """Pre-annotate in a pod of the training image; see the module docstring.
+
+    :param task_ids, project_id, job_ids, model_uri, root, model_name, threshold, job_states,
+        existing, masks, batch_size, cvat_conn_id, cvat_url, enabled: as for PreAnnotateOperator.
+        Without ``cvat_url`` the connection's URL, organization and verify_ssl reach the pod as
+        plain environment variables; its secret never does.
+    :param image: the training image (it has TensorFlow and this package).
+    :param machine_type: a machine type name (:mod:`airflow_cvat.machines`); None: the smallest
+        GPU type, "cpu" for a CPU pod.
+    :param cvat_secret: Kubernetes Secret with CVAT_ACCESS_TOKEN (or CVAT_USERNAME and
+        CVAT_PASSWORD) and optionally CVAT_ORGANIZATION, mounted with envFrom.
+    :param storage_secret: Kubernetes Secret with AWS_* for the model's storage; None: the pod's
+        own identity.
+
+    Everything else is KubernetesPodOperator's (namespace, deferrable, kubernetes_conn_id, ...).
+    The model is not looked for before the pod starts (the worker may not reach the storage the
+    pod reaches); the command checks it first and exits with a clear error.
+    """
+
+    def __init__(
+        self,
+        *,
+        task_ids: Any = None,
+        project_id: Any = None,
+        job_ids: Any = None,
+        model_uri: Any = None,
+        root: str | None = None,
+        model_name: str | None = None,
+        threshold: Any = 0.5,
+        job_states: Any = ("new",),
+        existing: str = "skip",
+        masks: str = "polygon",
+        batch_size: Any = 16,
+        cvat_conn_id: str = "cvat_default",
+        cvat_url: str | None = None,
+        enabled: Any = True,
+        trainer_module: str = PREANNOTATE_MODULE,
+        image: str = DEFAULT_IMAGE,
+        machine_type: str | None = None,
+        cvat_secret: str = DEFAULT_CVAT_SECRET,
+        storage_secret: str | None = DEFAULT_STORAGE_SECRET,
+        **kwargs: Any,
+    ) -> None:
+        kwargs["do_xcom_push"] = True
+        kwargs.setdefault("name", "cvat-preannotate")
+        super().__init__(image=image, **kwargs)  # type: ignore[call-arg]
+        self._set_preannotate_params(
+            task_ids=task_ids,
+            project_id=project_id,
+            job_ids=job_ids,
+            model_uri=model_uri,
+            root=root,
+            model_name=model_name,
+            threshold=threshold,
+            job_states=job_states,
+            existing=existing,
+            masks=masks,
+            batch_size=batch_size,
+            cvat_conn_id=cvat_conn_id,
+            cvat_url=cvat_url,
+            enabled=enabled,
+            trainer_module=trainer_module,
+        )
+        self.machine_type = machine_type
+        self.cvat_secret = cvat_secret
+        self.storage_secret = storage_secret
+        self._pod_ready = False
+
+    def execute(self, context: Context) -> Any:
+        self.skip_if_disabled()
+        self.prepare_pod(context)  # checks everything before the hook or any pod is touched
+        result = super().execute(context)  # type: ignore[misc]
+        return self._checked(result)
+
+    def trigger_reentry(self, context: Context, event: dict[str, Any]) -> Any:
+        """Deferrable mode ends here (KubernetesPodOperator's resume method) with the result."""
+        return self._checked(super().trigger_reentry(context, event))  # type: ignore[misc]
+
+    def _checked(self, result: Any) -> Any:
+        if isinstance(result, dict) and result.get("status") == "ok":
+            self.log_summary(result)
+        elif isinstance(result, dict) and result.get("status") == "error":
+            raise AirflowException(f"pre-annotation failed: {result.get('error')}")
+        return result
+
+    def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> Any:
+        self.prepare_pod(context)
+        return super().build_pod_request_obj(context, dry_run=dry_run)  # type: ignore[misc]
+
+    def prepare_pod(self, context: Context | None) -> None:
+        """Command, scheduling, resources and the credentials Secrets (once)."""
+        if self._pod_ready:
+            return
+        from kubernetes.client import models as k8s
+
+        from airflow_cvat.hooks.cvat import CVATError, CVATHook
+        from airflow_cvat.operators.training import pod_resources, shm_volume
+
+        request = self.validated()
+        machine = self.resolve_machine()
+        hook = CVATHook(self.cvat_conn_id) if not self.cvat_url or self.needs_cvat_calls(request) else None
+        plain_env = {"PYTHONUNBUFFERED": "1"}
+        try:
+            cvat_url = self.cvat_url
+            if not cvat_url:
+                assert hook is not None
+                cvat_url = hook.server_url
+                if hook.organization:
+                    plain_env["CVAT_ORGANIZATION"] = hook.organization
+                plain_env["CVAT_VERIFY_SSL"] = "true" if hook.verify_ssl else "false"
+        except CVATError as error:
+            raise AirflowFailException(str(error)) from None
+        task_ids = self.resolve_task_ids(request, hook)
+        command = request.command(cvat_url, task_ids, POD_RESULT_FILE)
+        self.log.info("Pre-annotating on machine type %s: %s", machine.name, shlex.join(command.args()))
+        self.cmds = ["python", "-m", self.trainer_module]
+        self.arguments = command.args()
+        self.env_vars = [
+            *_env_list(self.env_vars),
+            *(k8s.V1EnvVar(name=k, value=v) for k, v in plain_env.items()),
+        ]
+        self.node_selector = {**machine.node_selector, **(self.node_selector or {})}
+        self.tolerations = [*(k8s.V1Toleration(**t) for t in machine.tolerations), *(self.tolerations or [])]
+        self.container_resources = pod_resources(machine, 1)
+        self.volumes = [*self.volumes, shm_volume(machine)]
+        self.volume_mounts = [*self.volume_mounts, k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")]
+        secrets = [self.cvat_secret, *([self.storage_secret] if self.storage_secret else [])]
+        self.env_from = [
+            *(self.env_from or []),
+            *(k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name)) for name in secrets),
+        ]
+        self._pod_ready = True
+
+    def resolve_machine(self) -> Any:
+        from airflow.sdk import Variable
+
+        from airflow_cvat.machines import (
+            MACHINE_TYPES_VARIABLE,
+            MachineTypeError,
+            choose_machine,
+            load_machine_types,
+        )
+
+        try:
+            types = load_machine_types(Variable.get(MACHINE_TYPES_VARIABLE, default=None))
+            return choose_machine(types, self.machine_type or None, 1)
+        except MachineTypeError as error:
+            raise AirflowFailException(str(error)) from None
+
+
+def _env_list(env_vars: Any) -> list[Any]:
+    """KubernetesPodOperator keeps env_vars as a list of V1EnvVar (a dict given is converted)."""
+    from kubernetes.client import models as k8s
+
+    if not env_vars:
+        return []
+    if isinstance(env_vars, dict):
+        return [k8s.V1EnvVar(name=k, value=str(v)) for k, v in env_vars.items()]
+    return list(env_vars)
+
+
+def _kubernetes_operator_class() -> type:
+    """Create KubernetesPreAnnotateOperator (imports the Kubernetes provider: done on first use)."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    class KubernetesPreAnnotateOperator(KubernetesPreAnnotateMixin, KubernetesPodOperator):
+        __doc__ = KubernetesPreAnnotateMixin.__doc__
+
+        # Defined here, not inherited: Airflow applies default_args only to an __init__ a class defines.
+        def __init__(self, **kwargs: Any) -> None:
+            KubernetesPreAnnotateMixin.__init__(self, **kwargs)
+
+        __init__.__signature__ = inspect.signature(KubernetesPreAnnotateMixin.__init__)  # type: ignore[attr-defined]
+        template_fields: Sequence[str] = tuple(
+            dict.fromkeys(
+                (
+                    *KubernetesPodOperator.template_fields,
+                    *PREANNOTATE_TEMPLATE_FIELDS,
+                    "machine_type",
+                    "cvat_secret",
+                    "storage_secret",
+                )
+            )
+        )
+        ui_color = "#fbe9e6"
+
+    KubernetesPreAnnotateOperator.__module__ = __name__
+    KubernetesPreAnnotateOperator.__qualname__ = "KubernetesPreAnnotateOperator"
+    return KubernetesPreAnnotateOperator
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KubernetesPreAnnotateOperator":
+        if name not in globals():
+            globals()[name] = _kubernetes_operator_class()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- choosing one ------------------------------------------------------------------------------
+
+_LOCAL_ONLY = {"storage_conn_id", "python", "env"}
+
+
+def preannotate_operator(execution: Literal["local", "kubernetes"] = "local", **kwargs: Any) -> BaseOperator:
+    """The pre-annotation task for ``execution``; the same keyword arguments work for both.
+
+    Backend-only arguments are dropped for the other backend (``storage_conn_id``, ``python``,
+    ``env`` are local; ``image``, ``machine_type``, the secrets and KubernetesPodOperator's own,
+    such as ``namespace``, are Kubernetes), so a DAG switches with a single value.
+    """
+    _check_execution(execution)
+    if execution == "local":
+        shared = set(inspect.signature(PreAnnotateOperator.__init__).parameters) - {"self", "kwargs"}
+        return PreAnnotateOperator(**{k: v for k, v in kwargs.items() if k in shared or _base(k)})
+    return __getattr__("KubernetesPreAnnotateOperator")(
+        **{k: v for k, v in kwargs.items() if k not in _LOCAL_ONLY}
+    )
+
+
+def _base(key: str) -> bool:
+    """BaseOperator's own arguments (task_id, retries, ...) go to either backend."""
+    return key in inspect.signature(BaseOperator.__init__).parameters
