@@ -32,6 +32,9 @@ CONF_KEYS = (
     "emails",
     "only_finished",
     "execution",
+    "pre_annotate",
+    "pre_annotate_task_ids",
+    "pre_annotate_threshold",
 )
 SOURCE_KEYS = ("task_ids", "project_id", "source_uri")
 #: Deployment settings, from the `cvat_retrain` Variable, never from a run's conf.
@@ -58,6 +61,10 @@ class RetrainConfig:
     catalog_file: str | None = None
     model_name: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    pre_annotate: bool = False
+    pre_annotate_task_ids: list[int] = field(default_factory=list)
+    pre_annotate_project_id: int | None = None
+    pre_annotate_threshold: float = 0.5
 
     @property
     def source_key(self) -> str:
@@ -109,10 +116,43 @@ def resolve(
         only_finished=_bool(merged.get("only_finished", True), "only_finished"),
         catalog_file=merged.get("catalog_file") or None,
         model_name=merged.get("model_name") or None,
+        pre_annotate=_bool(merged.get("pre_annotate", False), "pre_annotate"),
+        pre_annotate_task_ids=_ids(merged.get("pre_annotate_task_ids"), "pre_annotate_task_ids"),
+        pre_annotate_threshold=_threshold(merged.get("pre_annotate_threshold", 0.5)),
     )
     _check_source(config)
     _check_training(config, machine_types)
+    _check_pre_annotation(config)
     return config
+
+
+def _check_pre_annotation(config: RetrainConfig) -> None:
+    """Which tasks the new model pre-annotates: those given, else the run's own source tasks.
+
+    A project source pre-annotates the project's tasks (listed when the step runs); an export
+    already in storage names no CVAT task, so the tasks must be given.
+    """
+    if not config.pre_annotate or config.pre_annotate_task_ids:
+        return
+    if config.task_ids:
+        config.pre_annotate_task_ids = list(config.task_ids)
+    elif config.project_id is not None:
+        config.pre_annotate_project_id = config.project_id
+    else:
+        raise ConfigError(
+            "pre_annotate is on but the source is an export in storage (source_uri), which names no "
+            "CVAT task: give pre_annotate_task_ids"
+        )
+
+
+def _threshold(value: Any) -> float:
+    try:
+        threshold = float(value if value not in (None, "") else 0.5)
+    except (TypeError, ValueError):
+        threshold = -1.0
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"pre_annotate_threshold must be a score within 0..1, got {value!r}")
+    return threshold
 
 
 def _check_source(config: RetrainConfig) -> None:
@@ -155,14 +195,14 @@ def _with_clones(arguments: str, num_clones: int) -> str:
     return arguments
 
 
-def _ids(value: Any) -> list[int]:
+def _ids(value: Any, name: str = "task_ids") -> list[int]:
     if value in (None, "", []):
         return []
     items = value if isinstance(value, list) else [v for v in str(value).strip("[]").split(",") if v.strip()]
     try:
         return [int(v) for v in items]
     except (TypeError, ValueError):
-        raise ConfigError(f"task_ids must be a list of CVAT task ids (integers), got {value!r}") from None
+        raise ConfigError(f"{name} must be a list of CVAT task ids (integers), got {value!r}") from None
 
 
 def _optional_int(value: Any, name: str) -> int | None:

@@ -4,6 +4,11 @@ One DAG serves the nightly schedule (the sources in the `cvat_retrain` Variable;
 their annotations did not change since the last published model), manual runs from the UI's
 form, REST API runs and CVAT webhooks (both with the same conf as the form).
 
+Optional last step (the `pre_annotate` param): the model LATEST names after publishing annotates
+the jobs nobody has started (state new) of `pre_annotate_task_ids` (default: the run's own source
+tasks) and uploads shapes with source auto; its summary goes into the email. Switched off, the
+task is skipped and the email is sent as before.
+
 Deployment settings, read at run time from the Airflow Variable `cvat_retrain` (JSON): root (the
 artifact root URI), catalog_file, model_name, and defaults for any form field (task_ids or
 project_id for the nightly run, model, arguments, emails, execution). Machine types: the
@@ -30,6 +35,7 @@ from airflow_cvat.notifications.email import CVATEmailNotifier, ModelReportEmail
 from airflow_cvat.operators.base_model import BaseModelPullOperator
 from airflow_cvat.operators.convert import ConvertModelOperator
 from airflow_cvat.operators.export import CVATExportOperator
+from airflow_cvat.operators.preannotate import preannotate_operator
 from airflow_cvat.operators.training import LocalTrainingOperator
 
 SCHEDULE = os.environ.get("CVAT_RETRAIN_SCHEDULE", "0 2 * * *")
@@ -67,6 +73,13 @@ PARAMS = {
                            description="Export only completed jobs at stage acceptance."),
     "execution": Param(None, type=["null", "string"], enum=[None, "local", "kubernetes"],
                        title="Where training runs", description="Empty: the deployment's default."),
+    "pre_annotate": Param(False, type="boolean", title="Pre-annotate with the new model",
+                          description="After publishing, run the model (LATEST after the quality gate) "
+                          "over jobs in state new and upload its shapes (source auto) to CVAT."),
+    "pre_annotate_task_ids": Param([], type="array", items={"type": "integer"}, title="Tasks to pre-annotate",
+                                   description="Empty: the run's own source tasks (a project's tasks)."),
+    "pre_annotate_threshold": Param(0.5, type="number", minimum=0, maximum=1,
+                                    title="Pre-annotation score threshold"),
 }  # fmt: skip
 
 
@@ -181,7 +194,26 @@ with DAG(
         [export, pull] >> where_to_train(resolved) >> train_tasks
     else:
         [export, pull] >> train_tasks[0]
+    # Optional (the pre_annotate param): skipped when off, which email_report's trigger rule allows.
+    pre_annotate = preannotate_operator(
+        "kubernetes" if KUBERNETES else "local",
+        task_id="pre_annotate",
+        enabled=cfg("pre_annotate"),
+        task_ids=cfg("pre_annotate_task_ids"),
+        project_id=cfg("pre_annotate_project_id"),
+        model_uri="{{ ti.xcom_pull(task_ids='publish') }}",
+        threshold=cfg("pre_annotate_threshold"),
+        cvat_conn_id=CVAT_CONN_ID,
+        storage_conn_id=STORAGE_CONN_ID,
+        machine_type=cfg("machine_type"),
+    )
     report = ModelReportEmailOperator(
-        task_id="email_report", outcome=convert.output, to=cfg("emails"), smtp_conn_id=SMTP_CONN_ID
+        task_id="email_report",
+        outcome=convert.output,
+        to=cfg("emails"),
+        smtp_conn_id=SMTP_CONN_ID,
+        pre_annotation="{{ ti.xcom_pull(task_ids='pre_annotate') }}",
+        trigger_rule="none_failed_min_one_success",
     )
     train_tasks >> convert >> [record_dataset(export.output), report]
+    convert >> pre_annotate >> report

@@ -468,3 +468,107 @@ def test_operator_module_imports_neither_tensorflow_nor_kubernetes() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.split()[1:] == ["False", "False"], (out.stdout, time.perf_counter() - started)
 
+
+# ---- the optional DAG step ----------------------------------------------------------------------
+
+
+def test_summary_reaches_the_success_email() -> None:
+    from airflow_cvat.notifications.email import build_report
+
+    outcome = {
+        "model_name": "shapes",
+        "version": "v1",
+        "published": False,
+        "uri": "file:///root/models/shapes/v1",
+        "latest": {"reason": "test"},
+        "metrics": {},
+    }
+    summary = {
+        "status": "ok",
+        "task_ids": [4],
+        "frames": 3,
+        "shapes": 6,
+        "per_label": {"circle": 3, "square": 3},
+        "skipped_labels": {"triangle": 1},
+        "seconds_inference": 1.25,
+        "seconds_upload": 0.5,
+    }
+    message = build_report(outcome, pre_annotation=summary)
+    html = message.get_body(("html",)).get_content()
+    text = message.get_body(("plain",)).get_content()
+    assert "id='pre-annotation'" in html and "<td style='padding:2px 10px'>circle</td>" in html
+    assert "3 frame(s), 6 shape(s) uploaded" in text and "triangle 1" in text
+    assert "Pre-annotation" not in build_report(outcome).get_body(("plain",)).get_content()
+
+
+def test_config_pre_annotates_the_runs_own_tasks_by_default() -> None:
+    from airflow_cvat.retrain_config import ConfigError, resolve
+
+    defaults = {"root": "file:///data/cvat", "model": "ssd-mobilenet-v2-coco", "execution": "local"}
+    config = resolve({"task_ids": [3, 1], "pre_annotate": True}, defaults)
+    assert config.pre_annotate and config.pre_annotate_task_ids == [3, 1]
+    assert config.pre_annotate_threshold == 0.5 and config.to_dict()["pre_annotate_task_ids"] == [3, 1]
+    config = resolve({"project_id": 4, "pre_annotate": "true", "pre_annotate_threshold": 0.3}, defaults)
+    assert (config.pre_annotate_task_ids, config.pre_annotate_project_id) == ([], 4)
+    assert config.pre_annotate_threshold == 0.3
+    config = resolve({"task_ids": [1], "pre_annotate_task_ids": [7, 8], "pre_annotate": True}, defaults)
+    assert config.pre_annotate_task_ids == [7, 8]
+    assert not resolve({"task_ids": [1]}, defaults).pre_annotate
+    for conf, message in (
+        ({"source_uri": "s3://b/export.zip", "pre_annotate": True}, "give pre_annotate_task_ids"),
+        ({"task_ids": [1], "pre_annotate": True, "pre_annotate_threshold": 1.5}, "within 0..1"),
+        ({"task_ids": [1], "pre_annotate_task_ids": ["x"]}, "pre_annotate_task_ids must be"),
+        ({"task_ids": [1], "pre_annotate": "maybe"}, "pre_annotate must be true or false"),
+    ):
+        with pytest.raises(ConfigError, match=None) as caught:
+            resolve(conf, defaults)
+        assert message in str(caught.value)
+
+
+def test_retrain_dag_wires_pre_annotate_after_publish() -> None:
+    """The real DAG file, parsed (not run: it trains): the step, its upstreams and trigger rules."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(str(REPO / "dags" / "cvat_retrain.py"))
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.dags["cvat_retrain"]
+    step = dag.get_task("pre_annotate")
+    assert type(step).__name__ == "PreAnnotateOperator"
+    assert step.upstream_task_ids == {"publish"} and step.trigger_rule == "all_success"
+    assert "publish" in str(step.model_uri) and "pre_annotate" in str(step.enabled)
+    report = dag.get_task("email_report")
+    assert report.upstream_task_ids == {"publish", "pre_annotate"}
+    assert report.trigger_rule == "none_failed_min_one_success"
+    assert "pre_annotate" in str(report.pre_annotation)
+    assert "pre_annotate" not in dag.get_task("record_dataset").upstream_task_ids
+    params = dag.params
+    assert params["pre_annotate"] is False and params["pre_annotate_task_ids"] == []
+    assert params["pre_annotate_threshold"] == 0.5
+
+
+SKIP_DAG = """
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG
+from airflow_cvat.operators.preannotate import PreAnnotateOperator
+
+with DAG("preannotate_off", schedule=None, params={"pre_annotate": False}):
+    publish = EmptyOperator(task_id="publish")
+    step = PreAnnotateOperator(
+        task_id="pre_annotate", task_ids=[1], model_uri="file:///nowhere",
+        enabled="{{ params.pre_annotate }}",
+    )
+    report = EmptyOperator(task_id="email_report", trigger_rule="none_failed_min_one_success")
+    record = EmptyOperator(task_id="record_dataset")
+    publish >> [step, record]
+    [publish, step] >> report
+"""
+
+
+def test_switched_off_step_skips_and_the_report_still_runs(run_dag) -> None:
+    run = run_dag(SKIP_DAG, "preannotate_off")
+    assert task_states(run) == {
+        "publish": "success",
+        "pre_annotate": "skipped",
+        "email_report": "success",
+        "record_dataset": "success",
+    }

@@ -199,8 +199,55 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
 
 
-def build_report(outcome: dict[str, Any], *, dag_id: str = "", run_id: str = "") -> EmailMessage:
-    """The success report as a message (no From/To yet): text, HTML and inline images."""
+def pre_annotation_lines(summary: dict[str, Any] | None) -> tuple[list[str], str]:
+    """(text lines, HTML) for PreAnnotateOperator's summary; nothing when the step did not run."""
+    if not isinstance(summary, dict) or summary.get("status") != "ok":
+        return [], ""
+    tasks = ", ".join(str(t) for t in summary.get("task_ids") or [])
+    inference = float(summary.get("seconds_inference") or 0.0)
+    upload = float(summary.get("seconds_upload") or 0.0)
+    head = (
+        f"Pre-annotation of task(s) {tasks}: {summary.get('frames', 0)} frame(s), "
+        f"{summary.get('shapes', 0)} shape(s) uploaded (source auto); "
+        f"{inference:.1f} s inference, {upload:.1f} s upload"
+    )
+    counts = sorted((summary.get("per_label") or {}).items())
+    skipped = summary.get("skipped_labels") or {}
+    text = [head, *(f"  {label}\t{count}" for label, count in counts)]
+    if skipped:
+        text.append(
+            "  not labels of the task (skipped): " + ", ".join(f"{k} {v}" for k, v in skipped.items())
+        )
+    rows = "".join(
+        f"<tr><td style='padding:2px 10px'>{html.escape(str(label))}</td>"
+        f"<td style='padding:2px 10px'>{int(count)}</td></tr>"
+        for label, count in counts
+    )
+    body = (
+        f"<h3>Pre-annotation</h3><p>{html.escape(head)}</p>"
+        f"<table border='1' cellspacing='0' id='pre-annotation'><tr><th>label</th><th>shapes</th></tr>"
+        f"{rows}</table>"
+    )
+    if skipped:
+        body += (
+            "<p>Not labels of the task (skipped): "
+            + html.escape(", ".join(f"{k} {v}" for k, v in skipped.items()))
+            + "</p>"
+        )
+    return text, body
+
+
+def build_report(
+    outcome: dict[str, Any],
+    *,
+    dag_id: str = "",
+    run_id: str = "",
+    pre_annotation: dict[str, Any] | None = None,
+) -> EmailMessage:
+    """The success report as a message (no From/To yet): text, HTML and inline images.
+
+    ``pre_annotation``: PreAnnotateOperator's summary, shown as a table of shapes per label.
+    """
     from airflow_cvat.deploy.card import metrics_rows
 
     metrics = outcome.get("metrics") or {}
@@ -216,6 +263,7 @@ def build_report(outcome: dict[str, Any], *, dag_id: str = "", run_id: str = "")
     images += [(uri.rsplit("/", 1)[-1], _read(uri, conn_id)) for uri in files.get("previews") or []]
     images = [(name, data) for name, data in images if data]
 
+    pre_text, pre_html = pre_annotation_lines(pre_annotation)
     text = [
         subject,
         "",
@@ -228,6 +276,7 @@ def build_report(outcome: dict[str, Any], *, dag_id: str = "", run_id: str = "")
         *("\t".join(row) for row in rows),
         "",
         f"TFLite: {(outcome.get('tflite') or {}).get('status', 'n/a')}",
+        *(["", *pre_text] if pre_text else []),
         f"DAG {dag_id}, run {run_id}" if dag_id else "",
     ]
     table = "".join(
@@ -251,6 +300,7 @@ def build_report(outcome: dict[str, Any], *, dag_id: str = "", run_id: str = "")
 <table border="1" cellspacing="0" id="metrics">
 <tr><th>label</th><th>AP</th><th>AP50</th><th>AP75</th></tr>{table}</table>
 <p>TFLite: {_fmt((outcome.get("tflite") or {}).get("status", "n/a"))}</p>
+{pre_html}
 {pictures}
 <p style="color:#777">DAG {html.escape(dag_id)}, run {html.escape(run_id)}</p>
 </body></html>"""
@@ -410,11 +460,12 @@ class ModelReportEmailOperator(BaseOperator):
     :param outcome: the outcome dict, usually ``publish.output`` (an XComArg); or leave it None and
         give ``publish_task_id``.
     :param save_dir: also write the message as an .eml file there (see ``send``).
+    :param pre_annotation: PreAnnotateOperator's summary (its XCom), shown in the report when given.
 
     Returns (XCom) ``{"sent_to", "subject", "file"}``.
     """
 
-    template_fields: Sequence[str] = ("outcome", "to", "publish_task_id", "save_dir")
+    template_fields: Sequence[str] = ("outcome", "to", "publish_task_id", "save_dir", "pre_annotation")
     ui_color = "#f0e4d6"
 
     def __init__(
@@ -426,9 +477,11 @@ class ModelReportEmailOperator(BaseOperator):
         smtp_conn_id: str | None = "smtp_default",
         from_email: str | None = None,
         save_dir: str | None = None,
+        pre_annotation: dict | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.pre_annotation = pre_annotation
         self.outcome = outcome
         self.publish_task_id = publish_task_id
         self.to = to
@@ -448,7 +501,10 @@ class ModelReportEmailOperator(BaseOperator):
             return {"sent_to": [], "subject": None, "file": None}
         dag_run = context.get("dag_run")
         message = build_report(
-            outcome, dag_id=getattr(dag_run, "dag_id", ""), run_id=getattr(dag_run, "run_id", "")
+            outcome,
+            dag_id=getattr(dag_run, "dag_id", ""),
+            run_id=getattr(dag_run, "run_id", ""),
+            pre_annotation=self.pre_annotation if isinstance(self.pre_annotation, dict) else None,
         )
         saved = send(message, addresses, self.smtp_conn_id, self.from_email, self.save_dir)
         return {
