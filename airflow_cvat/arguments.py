@@ -199,7 +199,9 @@ def _stages(
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """Stage epochs (passes) and the steps they take; unknown image counts count as one batch."""
     defaults = spec.stage_epochs or (1, 2, 3)
-    epochs = tuple(_int(values, key, default, minimum=0) for key, default in zip(_KEYS_STAGES, defaults))
+    epochs = tuple(
+        _int(values, key, default, minimum=0) for key, default in zip(_KEYS_STAGES, defaults, strict=True)
+    )
     if not any(epochs):
         raise ArgumentError("at least one of stage1_epochs, stage2_epochs, stage3_epochs must be above 0")
     per_epoch = max(1, math.ceil((num_images or batch_size) / batch_size))

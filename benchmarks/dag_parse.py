@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-TRIVIAL = '''
+TRIVIAL = """
 import pendulum
 from airflow.sdk import DAG, task
 
@@ -34,7 +34,7 @@ with DAG(dag_id="trivial", schedule=None, start_date=pendulum.datetime(2025, 1, 
         return "hello"
 
     hello()
-'''
+"""
 
 PROBE = """
 import json, sys, time
@@ -76,8 +76,9 @@ def main() -> None:
                 results[name].append(parse_once(path, env))
     for name, runs in results.items():
         seconds = [run["seconds"] for run in runs]
+        median, worst = statistics.median(seconds) * 1000, max(seconds) * 1000
         print(
-            f"{name:<24} median {statistics.median(seconds) * 1000:7.0f} ms   worst {max(seconds) * 1000:7.0f} ms"
+            f"{name:<24} median {median:7.0f} ms   worst {worst:7.0f} ms"
             f"   dags {runs[0]['dags']}   errors {runs[0]['errors'] or 'none'}"
             f"   heavy imports {runs[0]['heavy_imports'] or 'none'}"
         )

@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "demo-output"
 MODEL = "ssd-mobilenet-v2-coco"
 IMAGES = int(os.environ.get("DEMO_IMAGES", "200"))
-ARGUMENTS = os.environ.get("DEMO_ARGUMENTS", "epochs=600;batch_size=4;input_size=128;initial_learning_rate=0.02")
+ARGUMENTS = os.environ.get(
+    "DEMO_ARGUMENTS", "epochs=600;batch_size=4;input_size=128;initial_learning_rate=0.02"
+)
 RECIPIENT = "annotators@example.com"
 
 

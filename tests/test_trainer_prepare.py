@@ -1,4 +1,5 @@
 """prepare: CVAT exports -> TFRecords. Both formats, frame selection, split, and the edge rules."""
+# ruff: noqa: E501  (a CVAT XML document inside)
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def test_only_manifest_frames_count_and_split_is_deterministic(tmp_path):
     manifest_path.write_text(manifest.to_json())
     first = prepare(str(tmp_path / "ds"), tmp_path / "a", validation_fraction=0.1)
     # The export task returns the manifest's URI: it names the same dataset as its folder.
-    second = prepare(manifest_path.as_uri(), tmp_path / "b", validation_fraction=0.1)
+    prepare(manifest_path.as_uri(), tmp_path / "b", validation_fraction=0.1)
     assert first.train_images + first.validation_images == 5 + 15
     assert first.validation_images == 2
     assert read_examples(tmp_path / "a", "val").keys() == read_examples(tmp_path / "b", "val").keys()

@@ -30,8 +30,15 @@ def trained(tmp_path_factory):
     make_dataset(root / "dataset", IMAGES, size=SIZE)
     output = (root / "runs" / "r1").as_uri()
     code, result, stderr = run_trainer(
-        "train", "--dataset", (root / "dataset").as_uri(), "--output", output,
-        "--model", "ssd-mobilenet-v2-coco", "--arguments", ARGUMENTS,
+        "train",
+        "--dataset",
+        (root / "dataset").as_uri(),
+        "--output",
+        output,
+        "--model",
+        "ssd-mobilenet-v2-coco",
+        "--arguments",
+        ARGUMENTS,
     )
     assert code == 0, stderr[-4000:]
     return root / "runs" / "r1", result, stderr
@@ -42,7 +49,13 @@ def test_result_and_layout(trained):
     assert result["status"] == "ok" and result["steps"] == 600 and result["num_replicas"] == 1
     assert result["saved_model"] == (folder / "saved_model").as_uri()
     assert json.loads((folder / "result.json").read_text()) == result
-    for name in ("data/label_map.json", "metrics.json", "label_map.json", "classes.csv", "saved_model/saved_model.pb"):
+    for name in (
+        "data/label_map.json",
+        "metrics.json",
+        "label_map.json",
+        "classes.csv",
+        "saved_model/saved_model.pb",
+    ):
         assert (folder / name).exists(), name
     assert list((folder / "tensorboard" / "train").glob("events.out.tfevents.*"))
     assert list((folder / "tensorboard" / "eval").glob("events.out.tfevents.*"))
@@ -91,7 +104,11 @@ def test_saved_model_finds_the_shapes_at_any_image_size(trained):
         for shape in frame.shapes:
             total += 1
             x0, y0, x1, y1 = shape.bbox()
-            hits = [(s, names[int(c)]) for b, c, s in zip(boxes, classes, scores) if _iou((y0, x0, y1, x1), b) >= 0.5]
+            hits = [
+                (s, names[int(c)])
+                for b, c, s in zip(boxes, classes, scores, strict=True)
+                if _iou((y0, x0, y1, x1), b) >= 0.5
+            ]
             if hits:
                 found += 1
                 named_right += max(hits)[1] == shape.label
