@@ -520,6 +520,7 @@ def child_env() -> dict[str, str]:
     """The environment for the TensorFlow subprocess, without connection secrets (it reads local paths)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV_PREFIXES)}
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 
 

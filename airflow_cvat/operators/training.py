@@ -301,6 +301,7 @@ def worker_environment(extra: dict[str, Any] | None, storage_conn_id: str | None
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
     env.update({str(k): str(v) for k, v in (extra or {}).items()})
     env["PYTHONUNBUFFERED"] = "1"  # lines reach the task log as they are printed
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not news
     env.update(aws_environment(storage_conn_id))
     return env
 
