@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.airflow import connection_env, task_states
+from tests.fixtures.airflow import connection_env, task_states, xcom
 
 DAG_FILE = Path(__file__).resolve().parents[1] / "dags" / "cvat_retrain.py"
 MODEL = "ssd-mobilenet-v2-coco"
@@ -76,16 +76,22 @@ def s3_json(bucket: str, key: str):
     return json.loads(boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
-def test_retrains_publishes_emails_then_skips_unchanged_data(pipeline, tmp_path):
-    bucket, mail = pipeline["bucket"], pipeline["mail"]
+def test_retrains_publishes_pre_annotates_emails_then_skips_unchanged_data(pipeline, tmp_path):
+    bucket, mail, cvat = pipeline["bucket"], pipeline["mail"], pipeline["cvat"]
+    # A second task nobody has started: the new model pre-annotates it (the optional step).
+    unstarted = cvat.add_task("shapes-todo", frames=4, segment_size=4, seed=5, annotated=False)
     started = time.perf_counter()
-    first = pipeline["run"]()
+    first = pipeline["run"](pre_annotate=True, pre_annotate_task_ids=[unstarted], pre_annotate_threshold=0.05)
     print(f"first run: {time.perf_counter() - started:.1f} s")
 
     assert task_states(first) == {
         "config": "success", "export": "success", "pull_base_model": "success", "train_local": "success",
-        "publish": "success", "email_report": "success", "record_dataset": "success",
+        "publish": "success", "pre_annotate": "success", "email_report": "success", "record_dataset": "success",
     }  # fmt: skip
+    summary = xcom(first, "pre_annotate")
+    auto = [shape for shape in cvat.annotations(unstarted) if shape["source"] == "auto"]
+    assert summary["task_id"] == unstarted and summary["frames"] == 4 and summary["shapes"] == len(auto)
+    assert not [shape for shape in cvat.annotations(pipeline["task_id"]) if shape["source"] == "auto"]
     latest = s3_json(bucket, f"cvat/models/{MODEL}/LATEST")
     version_prefix = f"cvat/models/{MODEL}/{latest['version']}/"
     keys = s3_keys(bucket, version_prefix)
@@ -109,6 +115,7 @@ def test_retrains_publishes_emails_then_skips_unchanged_data(pipeline, tmp_path)
     assert "team@example.com" in message["To"]
     html = message.get_body(("html",)).get_content()
     assert "AP50" in html and latest["version"] in html and "circle" in html
+    assert "id='pre-annotation'" in html and f"task(s) {unstarted}" in html
     images = [part for part in message.walk() if part.get_content_maintype() == "image"]
     assert len(images) >= 2 and all(part["Content-ID"] for part in images)
 
@@ -120,6 +127,7 @@ def test_retrains_publishes_emails_then_skips_unchanged_data(pipeline, tmp_path)
         states["export"] == "skipped"
         and states["train_local"] == "skipped"
         and states["publish"] == "skipped"
+        and states["pre_annotate"] == "skipped"
     )
     assert s3_json(bucket, f"cvat/models/{MODEL}/LATEST")["version"] == latest["version"]
     assert not mail.raw
