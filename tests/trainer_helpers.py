@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 
-def run_trainer(*args: str, timeout: float = 600) -> tuple[int, dict, str]:
+def run_trainer(*args: str, timeout: float = 600, env: dict | None = None) -> tuple[int, dict, str]:
     """(exit code, last-line JSON, stderr) of ``python -m airflow_cvat.trainer ARGS``."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "airflow_cvat.trainer", *args],
         capture_output=True,

@@ -42,8 +42,15 @@ class BadInput(ValueError):
     """Input the user must fix (exit 2)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error becomes BadInput: exit 2 *with* the JSON line, like all bad input."""
+
+    def error(self, message: str):
+        raise BadInput(f"{self.prog}: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m airflow_cvat.trainer", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="python -m airflow_cvat.trainer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, *, dataset=False, output=True, model_required=True):
@@ -74,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = build_parser().parse_args(argv)
+    try:
+        options = build_parser().parse_args(argv)
+    except BadInput as error:
+        return _emit({"status": "error", "error": str(error)}, EXIT_BAD_INPUT)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -105,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
 def _is_bad_input(error: Exception) -> bool:
     from airflow_cvat.trainer.prepare import DatasetError
 
-    try:
-        from airflow_cvat.trainer.runtime import DeviceError
-    except ImportError:  # pragma: no cover
-        DeviceError = DatasetError  # noqa: N806
-    return isinstance(error, (DatasetError, DeviceError))
+    if isinstance(error, DatasetError):
+        return True
+    # runtime imports TensorFlow: only look at its DeviceError when it is loaded already, so a
+    # dataset error reported before training never pays for (or depends on) TensorFlow.
+    runtime = sys.modules.get("airflow_cvat.trainer.runtime")
+    return runtime is not None and isinstance(error, runtime.DeviceError)
 
 
 def _emit(payload: dict[str, Any], code: int, result_file: str | None = None) -> int:
@@ -148,12 +159,19 @@ def _spec_and_args(options, num_images: int | None = None) -> tuple[ModelSpec, T
 def cmd_prepare(options) -> dict:
     from airflow_cvat.trainer.storage import Workspace
 
+    _check_fraction(options.validation_fraction)
     with_masks = False
     if options.model:
         with_masks = _spec_and_args(options)[0].family == "mask_rcnn"
     workspace = Workspace(options.output)
     report = _prepare(workspace, options.dataset, options.validation_fraction, with_masks)
     return {"status": "ok", "output": workspace.uri, "data": workspace.uri_of("data"), **report}
+
+
+def _check_fraction(fraction: float) -> None:
+    from airflow_cvat.trainer.prepare import check_validation_fraction
+
+    check_validation_fraction(fraction)
 
 
 def _prepare(workspace, dataset: str, fraction: float, with_masks: bool) -> dict:
@@ -181,7 +199,12 @@ def cmd_train(options) -> dict:
     from airflow_cvat.trainer.storage import Workspace
 
     spec, args = _spec_and_args(options)  # fail fast, before TensorFlow loads
+    _check_fraction(options.validation_fraction)
     workspace = Workspace(options.output)
+    if not workspace.exists("data", "prepare.json"):
+        from airflow_cvat.trainer.prepare import read_manifest
+
+        read_manifest(options.dataset)  # a missing dataset is refused before TensorFlow loads
     strategy, use_gpu = _configure(args.num_clones)
     report = _prepare(workspace, options.dataset, options.validation_fraction, spec.family == "mask_rcnn")
     spec, args = _spec_and_args(options, num_images=report["train_images"])
@@ -202,8 +225,9 @@ def _train_evaluate_export(workspace, spec, args, config, labels, strategy, use_
     else:
         step = train.train(workspace, config, args, strategy, use_gpu)
     metrics = evaluate.is_evaluated(workspace, step) or evaluate.evaluate(workspace, config, labels)
+    check = None  # the reload-and-predict check of the export (None when export was already done)
     if not export.is_exported(workspace):
-        export.export(workspace, config, labels)
+        check = export.export(workspace, config, labels)["check"]
     result = {
         "status": "ok",
         "model": spec.name,
@@ -215,6 +239,7 @@ def _train_evaluate_export(workspace, spec, args, config, labels, strategy, use_
         "steps": step,
         "arguments": args.to_dict(),
         "num_replicas": strategy.num_replicas_in_sync,
+        "export_check": check,
     }
     workspace.write_text(json.dumps(result, indent=2, sort_keys=True), "result.json")
     return result
@@ -268,7 +293,12 @@ def cmd_export(options) -> dict:
     spec, args = _spec_and_args(options, num_images=images)
     _configure(1)
     config = _config(spec, args, workspace, labels, None, False)
-    return {"status": "ok", "model": spec.name, "output": workspace.uri, **export.export(workspace, config, labels)}
+    return {
+        "status": "ok",
+        "model": spec.name,
+        "output": workspace.uri,
+        **export.export(workspace, config, labels),
+    }
 
 
 def cmd_init_base(options) -> dict:
@@ -305,7 +335,9 @@ def _stage_base_checkpoint(uri: str | None, workspace) -> str | None:
     from airflow_cvat.trainer import base
 
     if not uri:
-        log.warning("no base checkpoint: training starts from random weights (fine for tests, poor for real use)")
+        log.warning(
+            "no base checkpoint: training starts from random weights (fine for tests, poor for real use)"
+        )
         return None
     try:
         return base.stage_checkpoint(uri, workspace.path("base_checkpoint"))

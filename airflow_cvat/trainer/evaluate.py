@@ -122,7 +122,9 @@ def summarize(raw: dict, labels: list[dict], *, with_masks: bool) -> dict:
             if f"mask_{key}" in raw:
                 metrics[f"mask_{key}"] = number(raw[f"mask_{key}"])
     names = {int(entry["id"]): entry["name"] for entry in labels}
-    per_class: dict[str, dict] = {name: {} for name in names.values()}
+    kinds = [*_PER_CLASS.values()] + ([f"mask_{k}" for k in _PER_CLASS.values()] if with_masks else [])
+    # A class absent from the validation split gets None (the evaluator leaves it out entirely).
+    per_class: dict[str, dict] = {name: dict.fromkeys(kinds) for name in names.values()}
     pattern = re.compile(r"^(?P<prefix>mask )?(?P<kind>Precision mAP ByCategory(?:@\d+IoU)?)/(?P<id>\d+)$")
     for key, value in raw.items():
         match = pattern.match(key)

@@ -14,6 +14,7 @@ we inherit its tuned heads, anchors and losses, and then overriding what must ch
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from official.core import config_definitions as cfg
@@ -64,9 +65,30 @@ def build_config(
     config.runtime.mixed_precision_dtype = dtype
     _data(task.train_data, data.train, args.batch_size, training=True, dtype=dtype)
     _data(task.validation_data, data.validation, EVAL_BATCH_SIZE, training=False, dtype=dtype)
+    if isinstance(task.model, maskrcnn_cfg.MaskRCNN):
+        _fit_roi_sampling(task.model, args.input_size)
     config.trainer.train_steps = args.steps
     config.trainer.checkpoint_interval = args.checkpoint_steps
     return config
+
+
+def _fit_roi_sampling(model: maskrcnn_cfg.MaskRCNN, input_size: int) -> None:
+    """Sample no more RoIs (and masks) per image than the RPN can propose at this input size.
+
+    Why: the ROI sampler takes the top ``num_sampled_rois`` (512) of the proposals, and the RPN
+    proposes at most one box per anchor. Small inputs have few anchors (64 px with the Keras
+    backbones' levels 3..6: 255), and the sampler then fails with "input must have last
+    dimension >= k = 512". Real sizes (320 px and up) keep the Model Garden's numbers.
+    """
+    per_location = model.anchor.num_scales * len(model.anchor.aspect_ratios)
+    levels = range(model.min_level, model.max_level + 1)
+    limit = model.roi_generator.num_proposals
+    per_level = (min(math.ceil(input_size / 2**level) ** 2 * per_location, limit) for level in levels)
+    proposals = min(limit, sum(per_level))
+    model.roi_sampler.num_sampled_rois = min(model.roi_sampler.num_sampled_rois, proposals)
+    if model.mask_sampler is not None:  # None for Faster R-CNN
+        sampler = model.mask_sampler
+        sampler.num_sampled_masks = min(sampler.num_sampled_masks, model.roi_sampler.num_sampled_rois)
 
 
 def _data(data: cfg.DataConfig, pattern: str, batch: int, *, training: bool, dtype: str) -> None:

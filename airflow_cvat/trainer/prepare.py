@@ -328,13 +328,18 @@ def label_map_for(manifest: Manifest) -> list[dict]:
     return [{"id": i, "name": label.name, "cvat_id": label.id} for i, label in enumerate(usable, start=1)]
 
 
-def split(records: list[ImageRecord], fraction: float) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """Deterministic hash split; see the module docstring."""
-    if not 0.0 < fraction < 1.0:
+def check_validation_fraction(fraction: float) -> None:
+    """Refuse a fraction that asks for an empty split (the CLI calls this before TensorFlow loads)."""
+    if not (isinstance(fraction, (int, float)) and 0.0 < fraction < 1.0):
         raise DatasetError(
             f"validation fraction {fraction} would leave the validation or training split empty; "
             "use a value between 0 and 1 (the default is 0.1)"
         )
+
+
+def split(records: list[ImageRecord], fraction: float) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Deterministic hash split; see the module docstring."""
+    check_validation_fraction(fraction)
     if len(records) < 2:
         raise DatasetError(
             f"the dataset has {len(records)} usable image(s); at least 2 are needed "
@@ -492,8 +497,7 @@ def prepare(
     with_masks: bool = False,
 ) -> PrepareReport:
     """Convert the dataset at ``dataset_uri`` into ``data_dir``; see the module docstring."""
-    if not 0.0 < validation_fraction < 1.0:
-        split([], validation_fraction)  # raises the documented message
+    check_validation_fraction(validation_fraction)
     dataset_uri = dataset_folder(dataset_uri)
     manifest = read_manifest(dataset_uri)
     data_dir.mkdir(parents=True, exist_ok=True)

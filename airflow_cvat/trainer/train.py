@@ -66,6 +66,9 @@ class StagedCosine(tf_keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+STAGE_NAMES = {1: "heads only", 2: "backbone stage 4 and up", 3: "all layers, a tenth of the rate"}
+
+
 @dataclass
 class Stage:
     """A span of steps with one trainable set (1 heads, 2 stage 4 up, 3 all)."""
@@ -124,6 +127,10 @@ def train(
         task = families.build_task(config)
         model = task.build_model()
         optimizer = make_optimizer(args, use_gpu)
+        # Build the optimizer on every variable now, while all are trainable. Why: a Keras
+        # optimizer fixes its variable list at its first step, so Mask R-CNN's stage 2 (which
+        # unfreezes the backbone) would otherwise fail with "cannot recognize variable".
+        optimizer.build(model.trainable_variables)
         metrics = task.build_metrics(training=True)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         manager = tf.train.CheckpointManager(
@@ -144,11 +151,21 @@ def train(
     )
     iterator = iter(dataset)
     writer = tf.summary.create_file_writer(str(workspace.path("tensorboard", "train")))
-    progress = Progress(args.steps, start)
+    progress = Progress(args.steps, start, staged=bool(args.stage_steps))
     for stage in stages_for(args):
         if stage.end <= start:
             continue
         families.stage_trainable(model, args.family, stage.number)
+        if args.stage_steps:
+            log.info(
+                "stage %d/3 (%s): steps %d to %d, %d of %d variables trainable",
+                stage.number,
+                STAGE_NAMES[stage.number],
+                max(stage.start, start),
+                stage.end,
+                len(model.trainable_variables),
+                len(model.variables),
+            )
         loop = _make_loop(strategy, task, model, optimizer, metrics)
         _run_stage(stage, loop, iterator, optimizer, metrics, manager, workspace, writer, progress)
     manager.save(checkpoint_number=optimizer.iterations, check_interval=False)
@@ -211,14 +228,14 @@ def _current_rate(optimizer) -> float:
 class Progress:
     """The progress line: ``step 120/600 loss 0.842 (cls 0.51 box 0.006) 14.1 steps/s ETA 0:00:34``."""
 
-    def __init__(self, total: int, start: int) -> None:
-        self.total, self.start, self.began = total, start, time.monotonic()
+    def __init__(self, total: int, start: int, staged: bool = False) -> None:
+        self.total, self.start, self.began, self.staged = total, start, time.monotonic(), staged
 
     def update(self, step: int, n: int, elapsed: float, values: dict[str, float], stage: int) -> None:
         rate = n / max(elapsed, 1e-9)
         eta = (self.total - step) / rate if rate else float("inf")
         details = " ".join(f"{k.removesuffix('_loss')} {v:.4g}" for k, v in values.items() if k != "total_loss")
-        staged = f" stage {stage}" if stage != 3 else ""
+        staged = f" stage {stage}" if self.staged else ""
         log.info(
             "step %d/%d%s loss %.4f (%s) %.2f steps/s ETA %s",
             step,

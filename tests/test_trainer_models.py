@@ -1,0 +1,155 @@
+"""Every catalogue model trains, evaluates and exports on CPU: a few steps on small generated data.
+
+Each run is the real command line (``python -m airflow_cvat.trainer train``, in a subprocess)
+on one shared generated export (16 images of 64 px; 8 validation images so every class is in
+the validation split): prepare -> a few training steps at a tiny input size -> COCO evaluation
+(metrics.json with AP, AP50, AP75, per-class AP; mask AP for Mask R-CNN) -> a SavedModel that
+the trainer reloads and runs once (``export_check`` in the result), which the test loads again.
+
+* frcnn-nas-coco needs num_clones>=2: it runs with num_clones=2, i.e. MirroredStrategy over two
+  logical CPU devices, the CI stand-in for two GPUs.
+* mask-rcnn runs its three-stage schedule (one pass each); the log shows each stage starting
+  with more trainable variables than the one before.
+
+Nothing here checks accuracy (a few steps learn nothing; tests/test_trainer_quality.py does).
+
+Wall time of this file: 9 min 36 s on 2 CPU cores while other TensorFlow jobs shared them
+(``pytest tests/test_trainer_models.py --durations=0``): mask-rcnn 148 s, frcnn-nas-coco 129 s,
+frcnn-inc-resv2-atr-coco 77 s, frcnn-res101-coco 65 s, frcnn-res50-coco 57 s, frcnn-res50-lowp
+48 s, ssd-mobilenet-v2-coco 32 s. Almost all of it is TensorFlow building and compiling graphs
+(train step, Mask R-CNN's three stages, evaluation, serving), not training; so the runs switch
+Grappler off (AIRFLOW_CVAT_GRAPH_OPTIMIZER=0), which cut the Mask R-CNN run from 309 s to 211 s.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from airflow_cvat.trainer.fixtures import make_dataset  # noqa: E402
+from tests.trainer_helpers import run_trainer  # noqa: E402
+
+IMAGES, IMAGE_SIZE, VALIDATION = 16, 64, "0.5"
+LABELS = ("circle", "square", "triangle")
+FAST = "checkpoint_steps=1000;initial_learning_rate=0.001"
+
+MODELS = {
+    # name: (arguments, expected steps)
+    "ssd-mobilenet-v2-coco": (f"epochs=3;batch_size=2;input_size=64;{FAST}", 3),
+    "frcnn-res50-coco": (f"epochs=2;batch_size=2;input_size=64;{FAST}", 2),
+    "frcnn-res50-lowp": (f"epochs=2;batch_size=2;input_size=64;{FAST}", 2),
+    "frcnn-res101-coco": (f"epochs=2;batch_size=2;input_size=64;{FAST}", 2),
+    # Keras's Inception-ResNet-v2 needs at least 75 px.
+    "frcnn-inc-resv2-atr-coco": (f"epochs=2;batch_size=2;input_size=128;{FAST}", 2),
+    "frcnn-nas-coco": (f"epochs=2;batch_size=2;num_clones=2;input_size=64;{FAST}", 2),
+    # 8 training images, batch 4: one pass is 2 steps, so 2 + 2 + 2.
+    "mask-rcnn": (f"stage1_epochs=1;stage2_epochs=1;stage3_epochs=1;batch_size=4;input_size=64;{FAST}", 6),
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("models") / "dataset", IMAGES, size=IMAGE_SIZE)
+
+
+@pytest.fixture(scope="module")
+def runs(dataset):
+    return {}
+
+
+def _train(dataset, model: str, runs: dict):
+    arguments, _ = MODELS[model]
+    output = dataset.parent / "runs" / model
+    code, result, stderr = run_trainer(
+        "train",
+        "--dataset",
+        dataset.as_uri(),
+        "--output",
+        output.as_uri(),
+        "--model",
+        model,
+        "--arguments",
+        arguments,
+        "--validation-fraction",
+        VALIDATION,
+        env={"AIRFLOW_CVAT_GRAPH_OPTIMIZER": "0"},  # compiling, not running, dominates a few steps
+    )
+    (output.parent / f"{model}.log").write_text(stderr)  # for a failure's post-mortem
+    assert code == 0, stderr[-6000:]
+    runs[model] = (output, result, stderr)
+    return output, result, stderr
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_model_trains_evaluates_and_exports(dataset, runs, model):
+    output, result, stderr = _train(dataset, model, runs)
+    _, steps = MODELS[model]
+    assert result["status"] == "ok" and result["model"] == model
+    assert result["steps"] == steps and result["arguments"]["steps"] == steps
+    assert "steps/s ETA" in stderr
+
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["step"] == steps
+    for key in ("AP", "AP50", "AP75"):
+        assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, (key, metrics)
+    assert set(metrics["per_class"]) == set(LABELS)
+    mask = model == "mask-rcnn"
+    for name in LABELS:  # every class is in the validation split, so each has a number
+        for key in ("AP", "AP50", "AP75") + (("mask_AP", "mask_AP50", "mask_AP75") if mask else ()):
+            assert isinstance(metrics["per_class"][name][key], float), (name, key, metrics["per_class"])
+    if mask:
+        for key in ("mask_AP", "mask_AP50", "mask_AP75"):
+            assert isinstance(metrics[key], float), (key, metrics)
+    else:
+        assert "mask_AP" not in metrics
+
+    check = result["export_check"]
+    expected = {"detection_boxes", "detection_classes", "detection_scores", "num_detections"}
+    assert set(check["outputs"]) == expected | ({"detection_masks"} if mask else set())
+    assert (output / "classes.csv").read_text() == "id,name\n1,circle\n2,square\n3,triangle\n"
+    assert list((output / "tensorboard" / "eval").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("model", ["frcnn-res50-lowp", "mask-rcnn"])
+def test_saved_model_reloads_and_predicts_here(runs, model):
+    """Load the export in this process and run a frame of another size (batch of two)."""
+    if model not in runs:
+        pytest.skip(f"{model} did not train in this session")
+    output, _, _ = runs[model]
+    serve = tf.saved_model.load(str(output / "saved_model")).signatures["serving_default"]
+    images = np.random.default_rng(1).integers(0, 255, size=(2, 50, 90, 3), dtype=np.uint8)
+    out = {k: v.numpy() for k, v in serve(images=tf.constant(images)).items()}
+    assert out["detection_boxes"].shape[0] == 2 and out["detection_boxes"].shape[2] == 4
+    assert out["detection_boxes"].min() >= 0 and out["detection_boxes"].max() <= 1
+    assert out["detection_classes"].dtype == np.int32
+    if model == "mask-rcnn":
+        assert out["detection_masks"].shape[:2] == out["detection_boxes"].shape[:2]
+
+
+def test_nas_ran_on_two_replicas(runs):
+    if "frcnn-nas-coco" not in runs:
+        pytest.skip("frcnn-nas-coco did not train in this session")
+    _, result, stderr = runs["frcnn-nas-coco"]
+    assert result["num_replicas"] == 2 and result["arguments"]["num_clones"] == 2
+    assert "replicas: 2 on /cpu:0, /cpu:1" in stderr
+
+
+def test_mask_rcnn_ran_three_stages(runs):
+    if "mask-rcnn" not in runs:
+        pytest.skip("mask-rcnn did not train in this session")
+    _, result, stderr = runs["mask-rcnn"]
+    assert result["arguments"]["stage_steps"] == [2, 2, 2]
+    import re
+
+    starts = re.findall(
+        r"stage (\d)/3 \([^)]*\): steps (\d+) to (\d+), (\d+) of (\d+) variables trainable", stderr
+    )
+    assert [(int(s), int(a), int(b)) for s, a, b, _, _ in starts] == [(1, 0, 2), (2, 2, 4), (3, 4, 6)]
+    trainable = [int(t) for *_, t, _ in starts]
+    assert trainable[0] < trainable[1] < trainable[2], starts  # heads, then stage 4 up, then all
+    for stage in (1, 2, 3):
+        assert f"step {2 * stage}/6 stage {stage} loss" in stderr
