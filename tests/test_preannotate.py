@@ -379,7 +379,7 @@ def test_operator_bad_inputs_fail_before_any_process(monkeypatch, model_root, tm
     def forbidden(*args, **kwargs):
         raise AssertionError("no process may start on bad input")
 
-    monkeypatch.setattr(op_module.subprocess, "Popen", forbidden)
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
     for kwargs, message in (
         ({"task_ids": []}, "task_ids"),
         ({"task_ids": ["x"]}, "task_ids"),
@@ -400,7 +400,7 @@ def test_disabled_skips_and_the_publish_outcome_picks_the_model(monkeypatch, cva
 
     from airflow_cvat.operators import preannotate as op_module
 
-    monkeypatch.setattr(op_module.subprocess, "Popen", None)  # no process may start
+    monkeypatch.setattr(subprocess, "Popen", None)  # no process may start
     operator = op_module.PreAnnotateOperator(
         task_id="p", task_ids=[1], model_uri="file:///m", enabled="False"
     )
@@ -456,6 +456,18 @@ def test_kubernetes_pod_command_and_secret(kubernetes_conn, model_root) -> None:
     assert [e.secret_ref.name for e in container.env_from] == ["cvat-credentials", "cvat-training-storage"]
     assert not any("TOKEN" in str(e.value) or "PASSWORD" in e.name for e in container.env or [])
     assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}  # smallest GPU type by default
+
+
+def test_default_args_reach_the_kubernetes_operator(kubernetes_conn) -> None:
+    from airflow.sdk import DAG
+
+    from airflow_cvat.operators import preannotate as op_module
+
+    defaults = {"model_uri": "file:///m", "task_ids": [3], "cvat_secret": "team-cvat", "retries": 2}
+    with DAG("defaults", schedule=None, default_args=defaults):
+        operator = op_module.preannotate_operator("kubernetes", task_id="p", namespace="ns")
+    assert (operator.model_uri, operator.task_ids, operator.cvat_secret) == ("file:///m", [3], "team-cvat")
+    assert operator.retries == 2 and operator.name == "cvat-preannotate" and operator.do_xcom_push is True
 
 
 def test_operator_module_imports_neither_tensorflow_nor_kubernetes() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -214,6 +216,35 @@ def test_bad_input_fails_before_any_pod(kubernetes_conn, monkeypatch, arguments,
     assert time.perf_counter() - started < 1.0
 
 
+def test_default_args_reach_the_kubernetes_operator(kubernetes_conn) -> None:
+    """Airflow applies default_args only through an __init__ the class itself defines."""
+    from airflow.sdk import DAG
+
+    defaults = {"dataset": "d", "model": "ssd-mobilenet-v2-coco", "root": "s3://b/r", "retries": 2}
+    with DAG("defaults", schedule=None, default_args={**defaults, "machine_type": "cpu"}):
+        k8s_op = training.KubernetesTrainingOperator(task_id="k", namespace="ns")
+        local_op = LocalTrainingOperator(task_id="l", storage_conn_id="aws_default")
+    assert (k8s_op.dataset, k8s_op.model, k8s_op.root, k8s_op.retries) == tuple(defaults.values())
+    assert k8s_op.machine_type == "cpu" and k8s_op.do_xcom_push is True and k8s_op.name == "cvat-train"
+    assert (local_op.dataset, local_op.root, local_op.retries) == ("d", "s3://b/r", 2)
+    cls = training.KubernetesTrainingOperator
+    assert cls is training.KubernetesTrainingOperator  # built once
+    assert cls.__module__ == training.__name__ and cls.__qualname__ == "KubernetesTrainingOperator"
+    assert {"machine_type", "storage_secret", "dataset", "image"} <= set(cls.template_fields)
+    with pytest.raises(TypeError, match="missing keyword argument 'dataset'"):
+        cls(task_id="x", model="m", root="s3://b/r")
+
+
+def test_operator_modules_import_no_kubernetes() -> None:
+    """DAG files are parsed often: the Kubernetes provider loads only when a pod operator is used."""
+    code = (
+        "import sys, airflow_cvat.operators.training, airflow_cvat.operators.preannotate, "
+        "airflow_cvat.operators.pod; print('airflow.providers.cncf.kubernetes.operators.pod' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.split()[-1:] == ["False"], out.stdout
+
+
 # -- local execution ---------------------------------------------------------------------------
 
 
@@ -281,7 +312,7 @@ def test_local_bad_arguments_start_no_process(tmp_path, monkeypatch) -> None:
     def forbidden(*args, **kwargs):
         pytest.fail("the trainer was started before the arguments were validated")
 
-    monkeypatch.setattr(training.subprocess, "Popen", forbidden)
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
     with pytest.raises(AirflowFailException, match="num_clones=2 conflicts with num_clones=4"):
         local(tmp_path, training_arguments="num_clones=4", num_clones=2).execute({"run_id": RUN_ID})
 

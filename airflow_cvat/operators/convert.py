@@ -33,10 +33,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -44,6 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
+
+from airflow_cvat.operators.process import LogLine, run_streamed, subprocess_environment
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -518,49 +518,26 @@ def published_versions(root: str, model_name: str, conn_id: str | None = None) -
 
 def child_env() -> dict[str, str]:
     """The environment for the TensorFlow subprocess, without connection secrets (it reads local paths)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV_PREFIXES)}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return env
+    return subprocess_environment(SECRET_ENV_PREFIXES)
 
 
-def run_json_command(command: list[str], timeout: float, log_line) -> dict[str, Any]:
-    """Run a command, stream its output into the log, return the JSON object on its last line."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env()
-    )
-    lines: list[str] = []
-    # The watchdog kills a hung conversion; reading the pipe alone would wait for ever.
-    timed_out = threading.Event()
+def run_json_command(command: list[str], timeout: float, log_line: LogLine) -> dict[str, Any]:
+    """Run a command, stream its output into the log, return the JSON object on its last line.
 
-    def kill() -> None:
-        timed_out.set()
-        process.kill()
-
-    watchdog = threading.Timer(timeout, kill)
-    watchdog.start()
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip("\n")
-            lines.append(line)
-            log_line("%s", line)
-        process.wait()
-    finally:
-        watchdog.cancel()
-        if process.poll() is None:
-            process.kill()
-    if timed_out.is_set():
+    Stopped after ``timeout`` seconds: a hung conversion must not hold the task for ever.
+    """
+    finished = run_streamed(command, child_env(), log_line, timeout=timeout, keep=None)
+    if finished.timed_out:
         raise PublishError(f"{' '.join(command[:4])} ran longer than {timeout:.0f} s and was stopped")
-    for line in reversed(lines):
+    for line in reversed(finished.tail):
         if line.startswith("{"):
             try:
                 return json.loads(line)
             except json.JSONDecodeError:
                 continue
     raise PublishError(
-        f"{' '.join(command[:4])} exited with {process.returncode} and no JSON result; last output: "
-        + " | ".join(lines[-5:])
+        f"{' '.join(command[:4])} exited with {finished.code} and no JSON result; last output: "
+        + " | ".join(finished.tail[-5:])
     )
 
 

@@ -28,14 +28,9 @@ the new version when it moved LATEST, else LATEST (the model that passed the qua
 
 from __future__ import annotations
 
-import inspect
 import json
-import os
 import shlex
-import signal
-import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,14 +38,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from airflow_cvat.operators.training import (
-    DEFAULT_IMAGE,
-    DEFAULT_STORAGE_SECRET,
-    POD_RESULT_FILE,
-    _read_result,
-    run_streamed,
-    worker_environment,
-)
+from airflow_cvat.operators.backends import backend_operator, keyword_parameters
+from airflow_cvat.operators.pod import PodCommand, lazy_pod_operator, pod_kwargs
+from airflow_cvat.operators.process import LocalCommand, checked_result
+from airflow_cvat.operators.training import DEFAULT_IMAGE, DEFAULT_STORAGE_SECRET, POD_RESULT_FILE
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -59,7 +50,6 @@ if TYPE_CHECKING:
 
 PREANNOTATE_MODULE = "airflow_cvat.trainer.preannotate"
 DEFAULT_CVAT_SECRET = "cvat-credentials"
-EXECUTIONS = ("local", "kubernetes")
 # The command's own choices (airflow_cvat.trainer.preannotate; not imported here: it needs numpy).
 JOB_STATES = ("new", "in progress", "completed", "rejected")
 EXISTING_MODES = ("skip", "replace")
@@ -190,49 +180,35 @@ def _bool(value: Any) -> bool:
     raise AirflowFailException(f"enabled must be true or false, got {value!r}")
 
 
-def _check_execution(execution: str) -> None:
-    if execution not in EXECUTIONS:
-        raise ValueError(f"execution must be 'local' or 'kubernetes', got {execution!r}")
-
-
 class PreAnnotateParams:
-    """Fields and checks shared by both operators (a mixin: no __init__ of its own)."""
+    """Fields and checks shared by both pre-annotation operators; ``__init__`` takes them all.
 
-    task_ids: Any
-    project_id: Any
-    job_ids: Any
-    model_uri: Any
-    root: str | None
-    model_name: str | None
-    threshold: Any
-    job_states: Any
-    existing: str
-    masks: str
-    batch_size: Any
-    cvat_conn_id: str
-    cvat_url: str | None
-    enabled: Any
-    trainer_module: str
+    The backends' own ``__init__`` borrow its signature (:mod:`airflow_cvat.operators.backends`).
+    """
 
-    def _set_preannotate_params(
+    log: Any
+
+    def __init__(
         self,
         *,
-        task_ids: Any,
-        project_id: Any,
-        job_ids: Any,
-        model_uri: Any,
-        root: str | None,
-        model_name: str | None,
-        threshold: Any,
-        job_states: Any,
-        existing: str,
-        masks: str,
-        batch_size: Any,
-        cvat_conn_id: str,
-        cvat_url: str | None,
-        enabled: Any,
-        trainer_module: str,
+        task_ids: Any = None,
+        project_id: Any = None,
+        job_ids: Any = None,
+        model_uri: Any = None,
+        root: str | None = None,
+        model_name: str | None = None,
+        threshold: Any = 0.5,
+        job_states: Any = ("new",),
+        existing: str = "skip",
+        masks: str = "polygon",
+        batch_size: Any = 16,
+        cvat_conn_id: str = "cvat_default",
+        cvat_url: str | None = None,
+        enabled: Any = True,
+        trainer_module: str = PREANNOTATE_MODULE,
+        **kwargs: Any,
     ) -> None:
+        super().__init__(**kwargs)
         if not model_uri and not (root and model_name):
             raise ValueError(
                 "give model_uri, or root and model_name: model_uri is a published version, a model "
@@ -336,7 +312,7 @@ class PreAnnotateParams:
 
     def log_summary(self, result: dict[str, Any]) -> None:
         labels = ", ".join(f"{k} {v}" for k, v in (result.get("per_label") or {}).items()) or "none"
-        self.log.info(  # type: ignore[attr-defined]
+        self.log.info(
             "Pre-annotated %s frame(s) of task(s) %s: %s shape(s) (%s); %.1f s inference, %.1f s upload",
             result.get("frames"),
             result.get("task_ids"),
@@ -366,7 +342,7 @@ def check_published_model(uri: str, conn_id: str | None) -> None:
 # -- local execution ---------------------------------------------------------------------------
 
 
-class PreAnnotateOperator(PreAnnotateParams, BaseOperator):
+class PreAnnotateOperator(LocalCommand, PreAnnotateParams, BaseOperator):
     """Pre-annotate CVAT tasks with a published model, in a subprocess of the worker.
 
     :param task_ids: CVAT task ids (a list, a number or "1,2").
@@ -391,51 +367,10 @@ class PreAnnotateOperator(PreAnnotateParams, BaseOperator):
     template_fields: Sequence[str] = PREANNOTATE_TEMPLATE_FIELDS
     ui_color = "#fdf1e0"
 
-    def __init__(
-        self,
-        *,
-        task_ids: Any = None,
-        project_id: Any = None,
-        job_ids: Any = None,
-        model_uri: Any = None,
-        root: str | None = None,
-        model_name: str | None = None,
-        threshold: Any = 0.5,
-        job_states: Any = ("new",),
-        existing: str = "skip",
-        masks: str = "polygon",
-        batch_size: Any = 16,
-        cvat_conn_id: str = "cvat_default",
-        cvat_url: str | None = None,
-        storage_conn_id: str | None = None,
-        enabled: Any = True,
-        trainer_module: str = PREANNOTATE_MODULE,
-        python: str | None = None,
-        env: dict[str, str] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    # Defined here, not inherited: Airflow applies default_args only to an __init__ a class defines.
+    @keyword_parameters(PreAnnotateParams.__init__, LocalCommand.__init__)
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._set_preannotate_params(
-            task_ids=task_ids,
-            project_id=project_id,
-            job_ids=job_ids,
-            model_uri=model_uri,
-            root=root,
-            model_name=model_name,
-            threshold=threshold,
-            job_states=job_states,
-            existing=existing,
-            masks=masks,
-            batch_size=batch_size,
-            cvat_conn_id=cvat_conn_id,
-            cvat_url=cvat_url,
-            enabled=enabled,
-            trainer_module=trainer_module,
-        )
-        self.storage_conn_id = storage_conn_id
-        self.python = python
-        self.env = env or {}
-        self._process: subprocess.Popen | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_cvat.hooks.cvat import CVATError, CVATHook
@@ -450,49 +385,31 @@ class PreAnnotateOperator(PreAnnotateParams, BaseOperator):
         except CVATError as error:
             raise AirflowFailException(str(error)) from None
         task_ids = self.resolve_task_ids(request, hook)
-        env = {
-            k: v
-            for k, v in worker_environment(self.env, self.storage_conn_id).items()
-            if not k.startswith("CVAT_")
-        }
+        env = {k: v for k, v in self.environment().items() if not k.startswith("CVAT_")}
         env.update(credentials)
-        with tempfile.TemporaryDirectory(prefix="cvat-preannotate-") as scratch:
-            result_file = os.path.join(scratch, "result.json")
-            argv = request.command(cvat_url, task_ids, result_file).argv(
+        finished, result = self.run_command(
+            lambda result_file: request.command(cvat_url, task_ids, result_file).argv(
                 self.python or sys.executable, self.trainer_module
-            )
-            self.log.info("Pre-annotating: %s", shlex.join(argv))
-
-            def started(process: subprocess.Popen) -> None:
-                self._process = process
-
-            code, tail = run_streamed(argv, env, self.log, started)
-            result = _read_result(result_file, tail)
-        return self._outcome(code, result, tail)
-
-    def _outcome(self, code: int, result: dict[str, Any] | None, tail: list[str]) -> dict[str, Any]:
-        if code == 0 and result is not None and result.get("status") == "ok":
-            self.log_summary(result)
-            return result
-        if result is not None and result.get("status") == "error":
-            error = AirflowFailException if code == EXIT_BAD_INPUT else AirflowException
-            raise error(f"pre-annotation failed: {result.get('error') or result}")
-        last = "\n".join(tail[-15:])
-        if code < 0:
-            raise AirflowException(f"pre-annotation was killed by signal {-code}; last output:\n{last}")
-        raise AirflowException(
-            f"pre-annotation exited with code {code} and no JSON result; last output:\n{last}"
+            ),
+            env,
+            prefix="cvat-preannotate-",
+            message="Pre-annotating: %s",
         )
-
-    def on_kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
+        result = checked_result(
+            finished,
+            result,
+            command="pre-annotation",
+            work="pre-annotation",
+            bad_input_codes=[EXIT_BAD_INPUT],
+        )
+        self.log_summary(result)
+        return result
 
 
 # -- Kubernetes --------------------------------------------------------------------------------
 
 
-class KubernetesPreAnnotateMixin(PreAnnotateParams):
+class KubernetesPreAnnotateMixin(PodCommand, PreAnnotateParams):
     """Pre-annotate in a pod of the training image; see the module docstring.
 
     :param task_ids, project_id, job_ids, model_uri, root, model_name, threshold, job_states,
@@ -512,60 +429,24 @@ class KubernetesPreAnnotateMixin(PreAnnotateParams):
     pod reaches); the command checks it first and exits with a clear error.
     """
 
+    @keyword_parameters(PreAnnotateParams.__init__)
     def __init__(
         self,
         *,
-        task_ids: Any = None,
-        project_id: Any = None,
-        job_ids: Any = None,
-        model_uri: Any = None,
-        root: str | None = None,
-        model_name: str | None = None,
-        threshold: Any = 0.5,
-        job_states: Any = ("new",),
-        existing: str = "skip",
-        masks: str = "polygon",
-        batch_size: Any = 16,
-        cvat_conn_id: str = "cvat_default",
-        cvat_url: str | None = None,
-        enabled: Any = True,
-        trainer_module: str = PREANNOTATE_MODULE,
         image: str = DEFAULT_IMAGE,
         machine_type: str | None = None,
         cvat_secret: str = DEFAULT_CVAT_SECRET,
         storage_secret: str | None = DEFAULT_STORAGE_SECRET,
         **kwargs: Any,
     ) -> None:
-        kwargs["do_xcom_push"] = True
-        kwargs.setdefault("name", "cvat-preannotate")
-        super().__init__(image=image, **kwargs)  # type: ignore[call-arg]
-        self._set_preannotate_params(
-            task_ids=task_ids,
-            project_id=project_id,
-            job_ids=job_ids,
-            model_uri=model_uri,
-            root=root,
-            model_name=model_name,
-            threshold=threshold,
-            job_states=job_states,
-            existing=existing,
-            masks=masks,
-            batch_size=batch_size,
-            cvat_conn_id=cvat_conn_id,
-            cvat_url=cvat_url,
-            enabled=enabled,
-            trainer_module=trainer_module,
-        )
+        super().__init__(**pod_kwargs(kwargs, image=image, name="cvat-preannotate"))
         self.machine_type = machine_type
         self.cvat_secret = cvat_secret
         self.storage_secret = storage_secret
-        self._pod_ready = False
 
     def execute(self, context: Context) -> Any:
         self.skip_if_disabled()
-        self.prepare_pod(context)  # checks everything before the hook or any pod is touched
-        result = super().execute(context)  # type: ignore[misc]
-        return self._checked(result)
+        return self._checked(super().execute(context))  # prepares the pod first: see PodCommand
 
     def trigger_reentry(self, context: Context, event: dict[str, Any]) -> Any:
         """Deferrable mode ends here (KubernetesPodOperator's resume method) with the result."""
@@ -578,18 +459,9 @@ class KubernetesPreAnnotateMixin(PreAnnotateParams):
             raise AirflowException(f"pre-annotation failed: {result.get('error')}")
         return result
 
-    def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> Any:
-        self.prepare_pod(context)
-        return super().build_pod_request_obj(context, dry_run=dry_run)  # type: ignore[misc]
-
-    def prepare_pod(self, context: Context | None) -> None:
-        """Command, scheduling, resources and the credentials Secrets (once)."""
-        if self._pod_ready:
-            return
-        from kubernetes.client import models as k8s
-
+    def configure_pod(self, context: Context | None) -> None:
+        """Command, scheduling, resources and the credentials Secrets."""
         from airflow_cvat.hooks.cvat import CVATError, CVATHook
-        from airflow_cvat.operators.training import pod_resources, shm_volume
 
         request = self.validated()
         machine = self.resolve_machine()
@@ -608,93 +480,26 @@ class KubernetesPreAnnotateMixin(PreAnnotateParams):
         task_ids = self.resolve_task_ids(request, hook)
         command = request.command(cvat_url, task_ids, POD_RESULT_FILE)
         self.log.info("Pre-annotating on machine type %s: %s", machine.name, shlex.join(command.args()))
-        self.cmds = ["python", "-m", self.trainer_module]
-        self.arguments = command.args()
-        self.env_vars = [
-            *_env_list(self.env_vars),
-            *(k8s.V1EnvVar(name=k, value=v) for k, v in plain_env.items()),
-        ]
-        self.node_selector = {**machine.node_selector, **(self.node_selector or {})}
-        self.tolerations = [*(k8s.V1Toleration(**t) for t in machine.tolerations), *(self.tolerations or [])]
-        self.container_resources = pod_resources(machine, 1)
-        self.volumes = [*self.volumes, shm_volume(machine)]
-        self.volume_mounts = [*self.volume_mounts, k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")]
-        secrets = [self.cvat_secret, *([self.storage_secret] if self.storage_secret else [])]
-        self.env_from = [
-            *(self.env_from or []),
-            *(k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name)) for name in secrets),
-        ]
-        self._pod_ready = True
-
-    def resolve_machine(self) -> Any:
-        from airflow.sdk import Variable
-
-        from airflow_cvat.machines import (
-            MACHINE_TYPES_VARIABLE,
-            MachineTypeError,
-            choose_machine,
-            load_machine_types,
+        self.set_command(
+            self.trainer_module,
+            command.args(),
+            machine,
+            num_clones=1,
+            secrets=[self.cvat_secret, self.storage_secret],
+            env=plain_env,
         )
 
-        try:
-            types = load_machine_types(Variable.get(MACHINE_TYPES_VARIABLE, default=None))
-            return choose_machine(types, self.machine_type or None, 1)
-        except MachineTypeError as error:
-            raise AirflowFailException(str(error)) from None
 
-
-def _env_list(env_vars: Any) -> list[Any]:
-    """KubernetesPodOperator keeps env_vars as a list of V1EnvVar (a dict given is converted)."""
-    from kubernetes.client import models as k8s
-
-    if not env_vars:
-        return []
-    if isinstance(env_vars, dict):
-        return [k8s.V1EnvVar(name=k, value=str(v)) for k, v in env_vars.items()]
-    return list(env_vars)
-
-
-def _kubernetes_operator_class() -> type:
-    """Create KubernetesPreAnnotateOperator (imports the Kubernetes provider: done on first use)."""
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-
-    class KubernetesPreAnnotateOperator(KubernetesPreAnnotateMixin, KubernetesPodOperator):
-        __doc__ = KubernetesPreAnnotateMixin.__doc__
-
-        # Defined here, not inherited: Airflow applies default_args only to an __init__ a class defines.
-        def __init__(self, **kwargs: Any) -> None:
-            KubernetesPreAnnotateMixin.__init__(self, **kwargs)
-
-        __init__.__signature__ = inspect.signature(KubernetesPreAnnotateMixin.__init__)  # type: ignore[attr-defined]
-        template_fields: Sequence[str] = tuple(
-            dict.fromkeys(
-                (
-                    *KubernetesPodOperator.template_fields,
-                    *PREANNOTATE_TEMPLATE_FIELDS,
-                    "machine_type",
-                    "cvat_secret",
-                    "storage_secret",
-                )
-            )
-        )
-        ui_color = "#fbe9e6"
-
-    KubernetesPreAnnotateOperator.__module__ = __name__
-    KubernetesPreAnnotateOperator.__qualname__ = "KubernetesPreAnnotateOperator"
-    return KubernetesPreAnnotateOperator
-
-
-def __getattr__(name: str) -> Any:
-    if name == "KubernetesPreAnnotateOperator":
-        if name not in globals():
-            globals()[name] = _kubernetes_operator_class()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_pod_operator(
+    globals(),
+    "KubernetesPreAnnotateOperator",
+    KubernetesPreAnnotateMixin,
+    template_fields=(*PREANNOTATE_TEMPLATE_FIELDS, "machine_type", "cvat_secret", "storage_secret"),
+    ui_color="#fbe9e6",
+)
 
 
 # -- choosing one ------------------------------------------------------------------------------
-
-_LOCAL_ONLY = {"storage_conn_id", "python", "env"}
 
 
 def preannotate_operator(execution: Literal["local", "kubernetes"] = "local", **kwargs: Any) -> BaseOperator:
@@ -704,15 +509,9 @@ def preannotate_operator(execution: Literal["local", "kubernetes"] = "local", **
     ``env`` are local; ``image``, ``machine_type``, the secrets and KubernetesPodOperator's own,
     such as ``namespace``, are Kubernetes), so a DAG switches with a single value.
     """
-    _check_execution(execution)
-    if execution == "local":
-        shared = set(inspect.signature(PreAnnotateOperator.__init__).parameters) - {"self", "kwargs"}
-        return PreAnnotateOperator(**{k: v for k, v in kwargs.items() if k in shared or _base(k)})
-    return __getattr__("KubernetesPreAnnotateOperator")(
-        **{k: v for k, v in kwargs.items() if k not in _LOCAL_ONLY}
+    return backend_operator(
+        execution,
+        kwargs,
+        local=PreAnnotateOperator,
+        kubernetes=lambda: __getattr__("KubernetesPreAnnotateOperator"),
     )
-
-
-def _base(key: str) -> bool:
-    """BaseOperator's own arguments (task_id, retries, ...) go to either backend."""
-    return key in inspect.signature(BaseOperator.__init__).parameters
