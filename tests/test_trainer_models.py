@@ -64,6 +64,8 @@ def runs(dataset):
 def _train(dataset, model: str, runs: dict):
     arguments, _ = MODELS[model]
     output = dataset.parent / "runs" / model
+    workdir = dataset.parent / "cwd" / model
+    workdir.mkdir(parents=True)
     code, result, stderr = run_trainer(
         "train",
         "--dataset",
@@ -77,7 +79,11 @@ def _train(dataset, model: str, runs: dict):
         "--validation-fraction",
         VALIDATION,
         env={"AIRFLOW_CVAT_GRAPH_OPTIMIZER": "0"},  # compiling, not running, dominates a few steps
+        cwd=workdir,
     )
+    # Nothing lands in the working directory (Mask R-CNN's evaluator once wrote its ground truth
+    # there as annotation.json, and reused it for the next run in that directory).
+    assert not list(workdir.iterdir())
     (output.parent / f"{model}.log").write_text(stderr)  # for a failure's post-mortem
     assert code == 0, stderr[-6000:]
     runs[model] = (output, result, stderr)

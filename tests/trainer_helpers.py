@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 
-def run_trainer(*args: str, timeout: float = 600, env: dict | None = None) -> tuple[int, dict, str]:
+
+def run_trainer(
+    *args: str, timeout: float = 600, env: dict | None = None, cwd: Path = REPO
+) -> tuple[int, dict, str]:
     """(exit code, last-line JSON, stderr) of ``python -m airflow_cvat.trainer ARGS``."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     proc = subprocess.run(
@@ -18,7 +22,7 @@ def run_trainer(*args: str, timeout: float = 600, env: dict | None = None) -> tu
         text=True,
         timeout=timeout,
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=cwd,
     )
     lines = proc.stdout.strip().splitlines()
     assert lines, f"no stdout; stderr:\n{proc.stderr[-4000:]}"

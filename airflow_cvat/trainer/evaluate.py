@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import re
+import shutil
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -30,9 +32,9 @@ _PER_CLASS = {
 }
 
 
-def restore_model(config, checkpoint_dir: str):
+def restore_model(config, checkpoint_dir: str, logging_dir: str | None = None):
     """Build the model for ``config`` and load the newest training checkpoint into it."""
-    task = families.build_task(config)
+    task = families.build_task(config, logging_dir)
     model = task.build_model()
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     if latest is None:
@@ -43,20 +45,13 @@ def restore_model(config, checkpoint_dir: str):
 
 def evaluate(workspace: Workspace, config, labels: list[dict]) -> dict:
     """Evaluate the newest checkpoint; write metrics.json and TensorBoard events; return metrics."""
-    task, model, step = restore_model(config, str(workspace.pull("checkpoints")))
-    task.build_metrics(training=False)  # creates the task's COCO evaluator
-    dataset = task.build_inputs(config.task.validation_data)
-
-    @tf.function
-    def step_fn(inputs):
-        return task.validation_step(inputs, model)
-
-    state = None
-    for inputs in dataset:
-        state = task.aggregate_logs(state, step_fn(inputs))
-    with per_class_cocoeval():
-        raw = task.reduce_aggregated_logs(state)
-    metrics = summarize(raw, labels, with_masks=_has_masks(config))
+    scratch = tempfile.mkdtemp(prefix="cvat-eval-")  # fresh: the evaluator reuses what it finds
+    try:
+        task, model, step = restore_model(config, str(workspace.pull("checkpoints")), scratch)
+        task.build_metrics(training=False)  # creates the task's COCO evaluator
+        metrics = _evaluate(task, model, config, labels)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     metrics["step"] = step
     writer = tf.summary.create_file_writer(str(workspace.path("tensorboard", "eval")))
     with writer.as_default(step=step):
@@ -68,6 +63,22 @@ def evaluate(workspace: Workspace, config, labels: list[dict]) -> dict:
     workspace.push("tensorboard")
     log.info("evaluation at step %d: AP %s AP50 %s AP75 %s", step, *(metrics.get(k) for k in HEADLINE[:3]))
     return metrics
+
+
+def _evaluate(task, model, config, labels: list[dict]) -> dict:
+    """One pass over the validation split with the task's own step and COCO evaluator."""
+    dataset = task.build_inputs(config.task.validation_data)
+
+    @tf.function
+    def step_fn(inputs):
+        return task.validation_step(inputs, model)
+
+    state = None
+    for inputs in dataset:
+        state = task.aggregate_logs(state, step_fn(inputs))
+    with per_class_cocoeval():
+        raw = task.reduce_aggregated_logs(state)
+    return summarize(raw, labels, with_masks=_has_masks(config))
 
 
 @contextlib.contextmanager

@@ -106,7 +106,8 @@ def _data(data: cfg.DataConfig, pattern: str, batch: int, *, training: bool, dty
 
 def _backbone(name: str) -> backbones_cfg.Backbone:
     if name == "mobilenet_v2":
-        return backbones_cfg.Backbone(type="mobilenet", mobilenet=backbones_cfg.MobileNet(model_id="MobileNetV2"))
+        mobilenet = backbones_cfg.MobileNet(model_id="MobileNetV2")
+        return backbones_cfg.Backbone(type="mobilenet", mobilenet=mobilenet)
     if name in ("resnet50", "resnet101"):
         return backbones_cfg.Backbone(type="resnet", resnet=backbones_cfg.ResNet(model_id=int(name[6:])))
     return keras_backbones.backbone_config(name)
@@ -159,14 +160,19 @@ def _rcnn(spec: ModelSpec) -> cfg.ExperimentConfig:
     return config
 
 
-def build_task(config: cfg.ExperimentConfig):
-    """The Model Garden task object for a config (RetinaNetTask or MaskRCNNTask)."""
+def build_task(config: cfg.ExperimentConfig, logging_dir: str | None = None):
+    """The Model Garden task object for a config (RetinaNetTask or MaskRCNNTask).
+
+    ``logging_dir``: where MaskRCNNTask writes the ground truth of its COCO evaluator
+    (``annotation.json``). Without one it writes to the working directory and then *reuses*
+    that file for any later evaluation there, scoring a model against another dataset.
+    """
     from official.vision.tasks.maskrcnn import MaskRCNNTask
     from official.vision.tasks.retinanet import RetinaNetTask
 
     if isinstance(config.task, retinanet_cfg.RetinaNetTask):
-        return RetinaNetTask(config.task)
-    return MaskRCNNTask(config.task)
+        return RetinaNetTask(config.task, logging_dir=logging_dir)
+    return MaskRCNNTask(config.task, logging_dir=logging_dir)
 
 
 def stage_trainable(model, family: str, stage: int) -> None:

@@ -126,6 +126,7 @@ def dataset_folder(uri: str) -> str:
 
 
 def read_manifest(dataset_uri: str) -> Manifest:
+    dataset_uri = dataset_folder(dataset_uri)
     uri = storage.join(dataset_uri, MANIFEST_NAME)
     if not storage.exists(uri):
         raise DatasetError(
