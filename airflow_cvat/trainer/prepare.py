@@ -470,7 +470,9 @@ def write_split(
     zips: dict[Path, zipfile.ZipFile] = {}
     try:
         for index, record in enumerate(records):
-            zf = zips.setdefault(record.archive, zipfile.ZipFile(record.archive))
+            zf = zips.get(record.archive)
+            if zf is None:  # once per archive: opening a zip parses its whole directory
+                zf = zips[record.archive] = zipfile.ZipFile(record.archive)
             data = zf.read(record.member)
             try:
                 example, objects = build_example(
