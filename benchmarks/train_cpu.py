@@ -56,7 +56,9 @@ def main() -> None:
         if spec.family != "mask_rcnn":
             args = parse_arguments(name, text + f";epochs={options.steps}", catalog=catalog)
         else:
-            args = args.__class__(**{**args.__dict__, "steps": options.steps, "stage_steps": (0, 0, options.steps)})
+            args = args.__class__(
+                **{**args.__dict__, "steps": options.steps, "stage_steps": (0, 0, options.steps)}
+            )
         workspace = Workspace(str(root / "runs" / name))
         (workspace.path("data")).symlink_to(root / "data")
         data = families.DataPaths(str(root / "data" / "train-*"), str(root / "data" / "val-*"))

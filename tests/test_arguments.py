@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -108,22 +107,18 @@ def test_user_catalogue_is_used(tmp_path):
     assert parse_arguments("mine", "", catalog=load_catalog(path)).steps == 77
 
 
-def _validate(*args: str) -> tuple[int, dict, float]:
-    started = time.perf_counter()
+def _validate(*args: str) -> tuple[int, dict]:
     proc = subprocess.run(
         [sys.executable, "-m", "airflow_cvat.trainer", "validate", *args], capture_output=True, text=True
     )
-    elapsed = time.perf_counter() - started
-    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1]), elapsed
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_validate_subcommand_is_fast_and_exits_0_or_2():
-    code, result, elapsed = _validate(
-        "--model", "ssd-mobilenet-v2-coco", "--arguments", "epochs=10;batch_size=4"
-    )
+def test_validate_subcommand_exits_0_or_2():
+    """TensorFlow stays unloaded here: tests/test_trainer_isolation.py."""
+    code, result = _validate("--model", "ssd-mobilenet-v2-coco", "--arguments", "epochs=10;batch_size=4")
     assert code == 0 and result["status"] == "ok" and result["arguments"]["steps"] == 10
-    assert elapsed < 1.0, "validate must not import TensorFlow"
-    code, result, _ = _validate("--model", "frcnn-nas-coco", "--arguments", "num_clones=1")
+    code, result = _validate("--model", "frcnn-nas-coco", "--arguments", "num_clones=1")
     assert code == 2 and result["status"] == "error" and "at least 2 GPUs" in result["error"]
-    code, result, _ = _validate("--model", "nope")
+    code, result = _validate("--model", "nope")
     assert code == 2 and "valid models are" in result["error"]

@@ -113,11 +113,11 @@ def test_bad_files(tmp_path):
         load_catalog(scalar)
 
 
-def test_imports_fast_without_tensorflow_or_airflow():
+def test_imports_without_tensorflow_or_airflow():
+    """Both sides import these; the DAG parser must not pay for TensorFlow (see benchmarks/dag_parse.py)."""
     code = (
-        "import sys, time; t = time.perf_counter(); import airflow_cvat.catalog, airflow_cvat.arguments; "
-        "print(time.perf_counter() - t); "
-        "assert not any(m.split('.')[0] in ('tensorflow', 'airflow', 'official', 'numpy') for m in sys.modules)"
+        "import sys; import airflow_cvat.catalog, airflow_cvat.arguments; "
+        "heavy = {'tensorflow', 'airflow', 'official', 'numpy'}; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))"
     )
-    elapsed = float(subprocess.check_output([sys.executable, "-c", code], text=True))
-    assert elapsed < 0.2
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"

@@ -123,6 +123,7 @@ def summarize(raw: dict, labels: list[dict], *, with_masks: bool) -> dict:
 
     COCO gives -1 for a class with no ground truth in the split; we report those as None.
     """
+
     def number(value) -> float | None:
         value = float(value)
         return None if value < 0 or not math.isfinite(value) else round(value, 5)

@@ -41,7 +41,9 @@ class Backbone(backbones_cfg.Backbone):
     inception_resnet_v2: KerasApplication = dataclasses.field(
         default_factory=lambda: KerasApplication(application="inception_resnet_v2")
     )
-    nasnet_large: KerasApplication = dataclasses.field(default_factory=lambda: KerasApplication(application="nasnet_large"))
+    nasnet_large: KerasApplication = dataclasses.field(
+        default_factory=lambda: KerasApplication(application="nasnet_large")
+    )
 
 
 def backbone_config(name: str) -> Backbone:

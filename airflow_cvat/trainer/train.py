@@ -234,7 +234,9 @@ class Progress:
     def update(self, step: int, n: int, elapsed: float, values: dict[str, float], stage: int) -> None:
         rate = n / max(elapsed, 1e-9)
         eta = (self.total - step) / rate if rate else float("inf")
-        details = " ".join(f"{k.removesuffix('_loss')} {v:.4g}" for k, v in values.items() if k != "total_loss")
+        details = " ".join(
+            f"{k.removesuffix('_loss')} {v:.4g}" for k, v in values.items() if k != "total_loss"
+        )
         staged = f" stage {stage}" if self.staged else ""
         log.info(
             "step %d/%d%s loss %.4f (%s) %.2f steps/s ETA %s",
