@@ -83,6 +83,21 @@ class ModelSpec:
         return data
 
 
+def _faster_rcnn(name: str, backbone: str, description: str, **extra: Any) -> ModelSpec:
+    """The seed's two-stage models share one schedule (batch 1, lr 0.0003, 10,000 steps)."""
+    return ModelSpec(
+        name=name,
+        family="faster_rcnn",
+        backbone=backbone,
+        batch_size=1,
+        initial_learning_rate=0.0003,
+        epochs=10000,
+        steps_per_image=500,
+        description=description,
+        **extra,
+    )
+
+
 SEED_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="ssd-mobilenet-v2-coco",
@@ -95,57 +110,24 @@ SEED_MODELS: tuple[ModelSpec, ...] = (
         input_size=320,
         description="One-stage detector with a MobileNetV2 backbone: fast, the recommended default.",
     ),
-    ModelSpec(
-        name="frcnn-res50-coco",
-        family="faster_rcnn",
-        backbone="resnet50",
-        batch_size=1,
-        initial_learning_rate=0.0003,
-        epochs=10000,
-        steps_per_image=500,
-        description="Faster R-CNN, ResNet-50 FPN: more accurate, slower.",
-    ),
-    ModelSpec(
-        name="frcnn-res50-lowp",
-        family="faster_rcnn",
-        backbone="resnet50",
-        batch_size=1,
-        initial_learning_rate=0.0003,
-        epochs=10000,
-        steps_per_image=500,
+    _faster_rcnn("frcnn-res50-coco", "resnet50", "Faster R-CNN, ResNet-50 FPN: more accurate, slower."),
+    _faster_rcnn(
+        "frcnn-res50-lowp",
+        "resnet50",
+        "Faster R-CNN, ResNet-50 FPN with few proposals: faster inference, lower recall.",
         num_proposals=100,
-        description="Faster R-CNN, ResNet-50 FPN with few proposals: faster inference, lower recall.",
     ),
-    ModelSpec(
-        name="frcnn-res101-coco",
-        family="faster_rcnn",
-        backbone="resnet101",
-        batch_size=1,
-        initial_learning_rate=0.0003,
-        epochs=10000,
-        steps_per_image=500,
-        description="Faster R-CNN, ResNet-101 FPN.",
+    _faster_rcnn("frcnn-res101-coco", "resnet101", "Faster R-CNN, ResNet-101 FPN."),
+    _faster_rcnn(
+        "frcnn-inc-resv2-atr-coco",
+        "inception_resnet_v2",
+        "Faster R-CNN, Inception-ResNet-v2 (atrous): for dense, complicated images.",
     ),
-    ModelSpec(
-        name="frcnn-inc-resv2-atr-coco",
-        family="faster_rcnn",
-        backbone="inception_resnet_v2",
-        batch_size=1,
-        initial_learning_rate=0.0003,
-        epochs=10000,
-        steps_per_image=500,
-        description="Faster R-CNN, Inception-ResNet-v2 (atrous): for dense, complicated images.",
-    ),
-    ModelSpec(
-        name="frcnn-nas-coco",
-        family="faster_rcnn",
-        backbone="nasnet_large",
-        batch_size=1,
-        initial_learning_rate=0.0003,
-        epochs=10000,
-        steps_per_image=500,
+    _faster_rcnn(
+        "frcnn-nas-coco",
+        "nasnet_large",
+        "Faster R-CNN, NASNet-Large: the most accurate and by far the slowest; needs 2+ GPUs.",
         min_clones=2,
-        description="Faster R-CNN, NASNet-Large: the most accurate and by far the slowest; needs 2+ GPUs.",
     ),
     ModelSpec(
         name="mask-rcnn",

@@ -224,3 +224,12 @@ def test_killed_run_resumes_from_its_checkpoint_and_a_finished_run_skips(tmp_pat
     assert not _STEP_LINE.search(stderr) and "evaluation at step" not in stderr
     assert again["steps"] == STEPS and again["export_check"] is None
     assert again["metrics"] == result["metrics"]
+
+    # 4. evaluate and export alone, on the finished run: the model and arguments come from its run record.
+    code, evaluated, stderr = run_trainer("evaluate", "--output", output.as_uri())
+    assert code == 0, stderr[-4000:]
+    assert evaluated["model"] == "ssd-mobilenet-v2-coco"
+    assert evaluated["metrics"]["AP50"] == pytest.approx(result["metrics"]["AP50"], abs=1e-6)
+    code, exported, stderr = run_trainer("export", "--output", output.as_uri())
+    assert code == 0, stderr[-4000:]
+    assert exported["check"]["outputs"] and (output / "saved_model" / "saved_model.pb").exists()

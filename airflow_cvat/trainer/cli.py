@@ -271,34 +271,30 @@ def _load_labels(workspace) -> tuple[list[dict], int]:
 
 def cmd_evaluate(options) -> dict:
     from airflow_cvat.trainer import evaluate
-    from airflow_cvat.trainer.storage import Workspace
 
-    spec, _, _ = _run_options(options)
-    workspace = Workspace(options.output)
-    labels, images = _load_labels(workspace)
-    spec, args = _spec_and_args(options, num_images=images)
-    _configure(1)
-    config = _config(spec, args, workspace, labels, None, False)
+    spec, workspace, config, labels = _trained_run(options)
     metrics = evaluate.evaluate(workspace, config, labels)
     return {"status": "ok", "model": spec.name, "output": workspace.uri, "metrics": metrics}
 
 
 def cmd_export(options) -> dict:
     from airflow_cvat.trainer import export
+
+    spec, workspace, config, labels = _trained_run(options)
+    exported = export.export(workspace, config, labels)
+    return {"status": "ok", "model": spec.name, "output": workspace.uri, **exported}
+
+
+def _trained_run(options) -> tuple[ModelSpec, Any, Any, list[dict]]:
+    """What evaluate and export need from a finished train run in ``--output``: model, config, labels."""
     from airflow_cvat.trainer.storage import Workspace
 
-    spec, _, _ = _run_options(options)
+    _run_options(options)
     workspace = Workspace(options.output)
     labels, images = _load_labels(workspace)
     spec, args = _spec_and_args(options, num_images=images)
     _configure(1)
-    config = _config(spec, args, workspace, labels, None, False)
-    return {
-        "status": "ok",
-        "model": spec.name,
-        "output": workspace.uri,
-        **export.export(workspace, config, labels),
-    }
+    return spec, workspace, _config(spec, args, workspace, labels, None, False), labels
 
 
 def cmd_init_base(options) -> dict:

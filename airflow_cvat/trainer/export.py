@@ -72,12 +72,14 @@ def export(workspace: Workspace, config, labels: list[dict]) -> dict:
     )
     serving = ServingModule(module)
     target = workspace.path("saved_model")
-    if target.exists():
-        shutil.rmtree(target)
+    partial = target.with_name("saved_model.partial")  # a killed export never looks like a whole one
+    shutil.rmtree(partial, ignore_errors=True)
     with _without_keras_traces():
-        tf.saved_model.save(serving, str(target), signatures={"serving_default": serving.serve})
-    check = smoke_test(str(target), len(labels))
+        tf.saved_model.save(serving, str(partial), signatures={"serving_default": serving.serve})
+    check = smoke_test(str(partial), len(labels))
     log.info("export check: %s", check)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
     workspace.push("saved_model")
     workspace.write_text(json.dumps({"labels": labels, "step": step}, indent=2), "label_map.json")
     workspace.write_text(classes_csv(labels), "classes.csv")
