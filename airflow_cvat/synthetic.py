@@ -13,7 +13,7 @@ Determinism: frame ``i`` of seed ``s`` is drawn from its own random generator se
 That is what lets the CVAT double serve 2,000 frames without keeping their JPEGs in memory.
 
 Exports: :func:`write_export` streams frames into a zip laid out exactly like CVAT's own
-"COCO 1.0" and "CVAT for images 1.1" exports (see ``shared/cvat-recorded``): one image at a
+"COCO 1.0" and "CVAT for images 1.1" exports (see ``tests/cvat_recorded``): one image at a
 time goes into the zip, the (small) annotation file is written last.
 """
 

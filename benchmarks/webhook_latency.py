@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RECORDED = Path(os.environ.get("CVAT_RECORDED_DIR", ROOT.parent / "shared" / "cvat-recorded"))
+RECORDED = Path(os.environ.get("CVAT_RECORDED_DIR", ROOT / "tests" / "cvat_recorded"))
 
 
 def configure(home: Path, cooldown: int) -> None:

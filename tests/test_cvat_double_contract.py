@@ -1,4 +1,4 @@
-"""Holds the CVAT double to what a real CVAT 2.73 answered (``shared/cvat-recorded``).
+"""Holds the CVAT double to what a real CVAT 2.73 answered (``tests/cvat_recorded``).
 
 Each recorded exchange is replayed against a double seeded like the recorded server (task 1
 "fixture-task": 10 frames of 320x240, segment size 5, labels car and person; project 1 with task
@@ -25,9 +25,7 @@ import requests
 
 from tests.cvat_double import CVATDouble
 
-RECORDED = Path(
-    os.environ.get("CVAT_RECORDED_DIR", Path(__file__).resolve().parents[2] / "shared" / "cvat-recorded")
-)
+RECORDED = Path(os.environ.get("CVAT_RECORDED_DIR", Path(__file__).resolve().parent / "cvat_recorded"))
 RECORDED_HOST = "http://127.0.0.1:8080"
 PERSON = {
     "name": "person",
@@ -42,8 +40,6 @@ PERSON = {
         }
     ],
 }
-
-pytestmark = pytest.mark.skipif(not RECORDED.is_dir(), reason=f"no recordings at {RECORDED}")
 
 
 # ---------------------------------------------------------------------------------------------

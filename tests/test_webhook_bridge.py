@@ -21,10 +21,7 @@ from tests.fixtures.webhooks import (
     Delivery,
     dag_runs,
     deliveries,
-    recorded_available,
 )
-
-pytestmark = pytest.mark.skipif(not recorded_available(), reason="no recorded CVAT deliveries")
 
 JOB_COMPLETED = 7  # index of the recorded update:job (job 3 of task 2 in project 1 -> completed)
 PING = 8

@@ -21,9 +21,8 @@ from airflow_cvat.webhook_rules import (
     sign,
     verify_signature,
 )
-from tests.fixtures.webhooks import FIXTURE_SECRET, deliveries, recorded_available
+from tests.fixtures.webhooks import FIXTURE_SECRET, deliveries
 
-pytestmark = pytest.mark.skipif(not recorded_available(), reason="no recorded CVAT deliveries")
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 

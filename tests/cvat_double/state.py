@@ -2,7 +2,7 @@
 
 Pure data and CVAT-shaped JSON rendering, no HTTP, so the rules (who sees what, which frames a
 job holds, what a job's state does to its task) can be read in one place. Field names and
-orders follow the CVAT 2.73 recordings in ``shared/cvat-recorded``.
+orders follow the CVAT 2.73 recordings in ``tests/cvat_recorded``.
 """
 
 from __future__ import annotations

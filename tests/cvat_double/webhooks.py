@@ -1,7 +1,7 @@
 """The CVAT double's webhooks: ``/api/webhooks`` list (filters), create, GET, PATCH, DELETE, events,
 and ``ping``, which really POSTs a signed ping to the webhook's target URL.
 
-Shapes follow ``shared/cvat-recorded/webhook_create.json``, ``webhook.json``,
+Shapes follow ``tests/cvat_recorded/webhook_create.json``, ``webhook.json``,
 ``webhook_events_project.json`` and ``webhook_ping.json`` (held by the contract test). The secret
 is write-only, as in CVAT: never in an answer. ``double.webhooks`` (id -> Webhook) lets tests
 inspect what was registered, secret included.
