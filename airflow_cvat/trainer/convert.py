@@ -32,8 +32,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 log = logging.getLogger(__name__)
 
 CHECK_SHAPES = ((97, 131, 3), (64, 48, 3))
