@@ -44,6 +44,7 @@ CVAT_CONN_ID = os.environ.get("CVAT_CONN_ID", "cvat_default")
 STORAGE_CONN_ID = os.environ.get("CVAT_STORAGE_CONN_ID") or None
 SMTP_CONN_ID = os.environ.get("CVAT_SMTP_CONN_ID", "smtp_default")
 QUALITY_MARGIN = float(os.environ.get("CVAT_QUALITY_MARGIN", "0.02"))
+QUALITY_FLOOR = float(os.environ.get("CVAT_QUALITY_FLOOR", "0.3"))
 EMAILS = [e for e in os.environ.get("CVAT_RETRAIN_EMAILS", "").replace(";", ",").split(",") if e.strip()]
 CONFIG = "ti.xcom_pull(task_ids='config')"
 
@@ -173,6 +174,7 @@ with DAG(
         model_name=cfg("published_name"),
         dataset_manifest="{{ ti.xcom_pull(task_ids='export') }}",
         quality_margin=QUALITY_MARGIN,
+        quality_floor=QUALITY_FLOOR,
         storage_conn_id=STORAGE_CONN_ID,
         trigger_rule="none_failed_min_one_success",
     )

@@ -55,6 +55,9 @@ def pipeline(cvat_double, s3_bucket, smtp_server, base_weights, tmp_path, monkey
     monkeypatch.setenv("AIRFLOW_VAR_CVAT_RETRAIN", json.dumps({"root": root, "catalog_file": str(catalog)}))
     monkeypatch.setenv("CVAT_STORAGE_CONN_ID", "aws_default")
     monkeypatch.setenv("CVAT_RETRAIN_SCHEDULE", "none")
+    # 40 steps from random weights learn too little for the default floor (AP50 0.3); the floor's
+    # own test below raises it again.
+    monkeypatch.setenv("CVAT_QUALITY_FLOOR", "0")
 
     def run(**conf):
         conf = {"task_ids": [task_id], "arguments": ARGUMENTS, "emails": ["team@example.com"]} | conf
@@ -131,6 +134,28 @@ def test_retrains_publishes_pre_annotates_emails_then_skips_unchanged_data(pipel
     )
     assert s3_json(bucket, f"cvat/models/{MODEL}/LATEST")["version"] == latest["version"]
     assert not mail.raw
+
+
+def test_a_model_below_the_quality_floor_is_published_but_never_latest_and_never_pre_annotates(
+    pipeline, monkeypatch
+):
+    bucket, mail, cvat = pipeline["bucket"], pipeline["mail"], pipeline["cvat"]
+    monkeypatch.setenv("CVAT_QUALITY_FLOOR", "0.99")  # no 5-step model reaches it
+    unstarted = cvat.add_task("shapes-todo", frames=4, segment_size=4, seed=5, annotated=False)
+    run = pipeline["run"](arguments="epochs=5;batch_size=2;input_size=128", pre_annotate=True,
+                          pre_annotate_task_ids=[unstarted])  # fmt: skip
+
+    states = task_states(run)
+    assert states["publish"] == "success" and states["email_report"] == "success"
+    assert states["pre_annotate"] == "skipped"
+    assert not cvat.annotations(unstarted)
+    outcome = xcom(run, "publish")
+    gate = outcome["latest"]
+    assert outcome["published"] and not gate["moved"] and gate["below_floor"] and gate["current"] is None
+    assert f"cvat/models/{MODEL}/{outcome['version']}/PUBLISHED.json" in s3_keys(bucket, "cvat/models/")
+    assert f"cvat/models/{MODEL}/LATEST" not in s3_keys(bucket, "cvat/models/")
+    html = mail.wait(1)[-1].get_body(("html",)).get_content()
+    assert "below the quality floor 0.99" in html and "does not become LATEST" in html
 
 
 def test_bad_arguments_fail_before_export_and_send_the_failure_email(pipeline):

@@ -19,9 +19,13 @@ unless two publishes start in the same second); ``version=`` overrides it (e.g. 
 instead of publishing a second copy.
 
 Quality gate: LATEST moves when the new AP50 >= LATEST's AP50 - ``quality_margin``, or when
-there is no LATEST yet. A model that fails to load or predict (checked in a subprocess, see
-``airflow_cvat.trainer.convert``) is not published at all and never moves LATEST. The outcome
-(moved or not, why, old and new AP50) is returned as the XCom, for the email.
+there is no LATEST yet, and never when the new AP50 is below the absolute ``quality_floor``
+(default 0.3): a model that finds almost nothing must not become the model that pre-annotates
+people's tasks, even as the first of its name. Such a model is still published as a version
+(to be inspected), but LATEST stays and pre-annotation skips. A model that fails to load or
+predict (checked in a subprocess, see ``airflow_cvat.trainer.convert``) is not published at
+all and never moves LATEST. The outcome (moved or not, why, old and new AP50, the version
+LATEST names afterwards) is returned as the XCom, for the email and pre-annotation.
 
 TensorFlow never loads in this process: the check, TFLite conversion, preview images and the
 TensorBoard history run in ``python -m airflow_cvat.trainer.convert`` on a local staged copy of
@@ -144,22 +148,37 @@ class GateDecision:
     old_ap50: float | None
     old_version: str | None
     margin: float
+    floor: float = 0.0
+    below_floor: bool = False
 
 
 def decide(
-    new_ap50: float | None, latest: dict[str, Any] | None, margin: float, broken: str | None = None
+    new_ap50: float | None,
+    latest: dict[str, Any] | None,
+    margin: float,
+    broken: str | None = None,
+    floor: float = 0.0,
 ) -> GateDecision:
     """The gate: see the module docstring. Pure, so the rule is tested without any storage."""
     old_ap50 = None if latest is None else latest.get("AP50")
     old_version = None if latest is None else latest.get("version")
 
-    def result(moved: bool, reason: str) -> GateDecision:
-        return GateDecision(moved, reason, new_ap50, old_ap50, old_version, margin)
+    def result(moved: bool, reason: str, below_floor: bool = False) -> GateDecision:
+        return GateDecision(moved, reason, new_ap50, old_ap50, old_version, margin, floor, below_floor)
 
     if broken:
         return result(False, f"the model is broken and was not published: {broken}")
     if new_ap50 is None:
         return result(False, "the run's metrics.json has no AP50; LATEST stays")
+    if new_ap50 + 1e-9 < floor:
+        stays = f"LATEST stays at {old_version}" if old_version else "there is no LATEST yet"
+        return result(
+            False,
+            f"AP50 {new_ap50:.4f} is below the quality floor {floor}: published as a version to inspect, "
+            f"but it does not become LATEST and does not pre-annotate ({stays}). Label more images, "
+            "train longer or start from pretrained weights; the floor is the DAG's CVAT_QUALITY_FLOOR",
+            below_floor=True,
+        )
     if latest is None:
         return result(True, "first published model of this name")
     if old_ap50 is None:
@@ -186,6 +205,7 @@ class ConvertModelOperator(BaseOperator):
     :param model_name: the published model's name (often the catalogue name or a team's name).
     :param dataset_manifest: URI of the dataset's manifest.json (or its folder) for the model card.
     :param quality_margin: how much lower than LATEST's AP50 a new model may be and still move it.
+    :param quality_floor: the AP50 below which a model never becomes LATEST (0 switches it off).
     :param storage_conn_id: the connection for s3:// URIs (None: the default credential chain).
     :param version: the version folder's name; default: publish time, ``YYYYMMDDTHHMMSSZ`` UTC.
     :param tflite: try a TFLite conversion (a few seconds to minutes; False skips it).
@@ -208,6 +228,7 @@ class ConvertModelOperator(BaseOperator):
         model_name: str,
         dataset_manifest: str | None = None,
         quality_margin: float = 0.02,
+        quality_floor: float = 0.3,
         storage_conn_id: str | None = None,
         version: str | None = None,
         tflite: bool = True,
@@ -218,11 +239,14 @@ class ConvertModelOperator(BaseOperator):
         super().__init__(**kwargs)
         if quality_margin < 0:
             raise ValueError(f"quality_margin must be >= 0, got {quality_margin}")
+        if not 0 <= quality_floor <= 1:
+            raise ValueError(f"quality_floor is an AP50 between 0 and 1, got {quality_floor}")
         self.run_uri = run_uri
         self.root = root
         self.model_name = model_name
         self.dataset_manifest = dataset_manifest
         self.quality_margin = quality_margin
+        self.quality_floor = quality_floor
         self.storage_conn_id = storage_conn_id
         self.version = version
         self.tflite = tflite
@@ -243,7 +267,7 @@ class ConvertModelOperator(BaseOperator):
             self._stage(run, staged)
             converted = self.run_convert(staged, Path(scratch, "convert"))
             metrics = json.loads((staged / "metrics.json").read_text())
-            decision = decide(metrics.get("AP50"), latest, self.quality_margin, broken=converted.get("error"))
+            decision = self.decide(metrics.get("AP50"), latest, broken=converted.get("error"))
             if not converted.get("ok"):
                 self.log.warning("not publishing: %s", decision.reason)
                 return self._outcome(models, version, decision, metrics, converted, published=False)
@@ -264,6 +288,9 @@ class ConvertModelOperator(BaseOperator):
             self._move_latest(models, version, run, metrics, latest)
         self.log.info("quality gate: %s", decision.reason)
         return self._outcome(models, version, decision, metrics, converted, published=True)
+
+    def decide(self, new_ap50: float | None, latest: dict[str, Any] | None, broken: str | None = None):
+        return decide(new_ap50, latest, self.quality_margin, broken=broken, floor=self.quality_floor)
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -411,7 +438,7 @@ class ConvertModelOperator(BaseOperator):
                 self.quality_margin,
             )
         else:
-            decision = decide(metrics.get("AP50"), latest, self.quality_margin)
+            decision = self.decide(metrics.get("AP50"), latest)
             if decision.moved:
                 self._move_latest(models, version, self.path(marker["run"]), metrics, latest)
         card = read_json(models / version / "model_card.json") or {}
@@ -439,7 +466,11 @@ class ConvertModelOperator(BaseOperator):
             "version": version,
             "uri": uri_of(target),
             "published": published,
-            "latest": {**asdict(decision), "uri": uri_of(models / LATEST)},
+            "latest": {
+                **asdict(decision),
+                "uri": uri_of(models / LATEST),
+                "current": _latest_version(models),
+            },
             "metrics": {k: metrics.get(k) for k in ("AP", "AP50", "AP75", "per_class")},
             "tflite": converted.get("tflite"),
             "error": converted.get("error"),
@@ -449,6 +480,11 @@ class ConvertModelOperator(BaseOperator):
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+def _latest_version(models: ObjectStoragePath) -> str | None:
+    """The version LATEST names now (after the gate), or None when there is no LATEST."""
+    return (read_json(models / LATEST) or {}).get("version")
 
 
 def _run_uri(run: str | dict) -> str:

@@ -145,6 +145,10 @@ def model_from_outcome(outcome: dict[str, Any]) -> str | None:
     latest = outcome.get("latest") or {}
     if outcome.get("published") and latest.get("moved") and outcome.get("uri"):
         return str(outcome["uri"])
+    if latest.get("below_floor"):
+        return None  # this run's model is below the quality floor: it must not pre-annotate
+    if "current" in latest and not latest["current"]:
+        return None  # no model of this name passed the gate (e.g. the first one is below the floor)
     return latest.get("uri") or None
 
 
@@ -286,9 +290,12 @@ class PreAnnotateParams:
     def model_location(self) -> str:
         model = self.model_uri
         if isinstance(model, dict):
+            gate = (model.get("latest") or {}).get("reason")
             model = model_from_outcome(model)
             if not model:
-                raise AirflowFailException("the publish step's outcome names no published model or LATEST")
+                raise AirflowSkipException(
+                    f"no model passed the quality gate, nothing to pre-annotate with: {gate}"
+                )
         if not model:
             model = f"{str(self.root).rstrip('/')}/models/{self.model_name}"
         return str(model).rstrip("/")
