@@ -23,6 +23,10 @@ interchangeable in keys, so ``stage-1-epochs`` works as the seed spelled it):
     coarsest feature level is 1/64 of the image, so base checkpoints fit any allowed size).
 ``checkpoint_steps``
     Write a checkpoint every this many steps (so a retried pod resumes, not restarts).
+``eval_steps``
+    Evaluate on the validation split every this many steps, so the report shows an AP curve,
+    not one point (default: a fifth of the run, i.e. five points with the final evaluation).
+    0 evaluates only at the end. Each evaluation costs one pass over the validation split.
 ``stage1_epochs``, ``stage2_epochs``, ``stage3_epochs``
     Mask R-CNN only: full passes over the training split for heads only, then ResNet stage 4
     and up, then all layers at a tenth of the learning rate. 0 skips a stage.
@@ -40,8 +44,18 @@ MAX_INPUT_SIZE = 2048
 SIZE_STEP = 64
 """input_size granularity: the coarsest feature level (6) of every family is 1/64 of the image."""
 MAX_CLONES = 64
+EVALUATIONS_PER_RUN = 5
+"""Default number of validation evaluations in a run (the last one at the end of training)."""
 
-_KEYS_ALL = ("epochs", "batch_size", "initial_learning_rate", "num_clones", "input_size", "checkpoint_steps")
+_KEYS_ALL = (
+    "epochs",
+    "batch_size",
+    "initial_learning_rate",
+    "num_clones",
+    "input_size",
+    "checkpoint_steps",
+    "eval_steps",
+)
 _KEYS_STAGES = ("stage1_epochs", "stage2_epochs", "stage3_epochs")
 _ALIASES = {
     "steps": "epochs",
@@ -75,6 +89,7 @@ class TrainingArguments:
     num_clones: int
     input_size: int
     checkpoint_steps: int
+    eval_steps: int
     stage_steps: tuple[int, int, int] | None
     stage_epochs: tuple[int, int, int] | None
     steps_source: str
@@ -165,6 +180,7 @@ def parse_arguments(
     else:
         steps, source = spec.epochs, "default"
     checkpoint_steps = _int(values, "checkpoint_steps", max(1, min(1000, steps // 10 or 1)), minimum=1)
+    eval_steps = _int(values, "eval_steps", math.ceil(steps / EVALUATIONS_PER_RUN), minimum=0)
     return TrainingArguments(
         model=spec.name,
         family=spec.family,
@@ -174,6 +190,7 @@ def parse_arguments(
         num_clones=num_clones,
         input_size=input_size,
         checkpoint_steps=checkpoint_steps,
+        eval_steps=eval_steps,
         stage_steps=stage_steps,
         stage_epochs=stage_epochs,
         steps_source=source,

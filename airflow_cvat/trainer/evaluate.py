@@ -4,6 +4,12 @@ Uses the Model Garden task's own ``validation_step`` and COCO evaluator (pycocot
 ground truth taken from the validation TFRecords (no annotation file), so the numbers are the
 standard COCO ones. Runs on one device: the validation split is small, and a single-device
 evaluation gives the same numbers however many replicas trained.
+
+During training, ``DuringTraining`` evaluates the live model every ``eval_steps`` steps, so the
+report shows how AP grew, not one point at the end. Each evaluation is appended to the
+``history`` list of metrics.json (step, AP, AP50, AP75, seconds) and to the TensorBoard
+``eval`` events the report's plot reads; the final evaluation closes the list. A resumed run
+keeps the points it already has.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import math
 import re
 import shutil
 import tempfile
+import time
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -49,36 +57,106 @@ def evaluate(workspace: Workspace, config, labels: list[dict]) -> dict:
     try:
         task, model, step = restore_model(config, str(workspace.pull("checkpoints")), scratch)
         task.build_metrics(training=False)  # creates the task's COCO evaluator
+        began = time.monotonic()
         metrics = _evaluate(task, model, config, labels)
+        seconds = time.monotonic() - began
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     metrics["step"] = step
-    writer = tf.summary.create_file_writer(str(workspace.path("tensorboard", "eval")))
-    with writer.as_default(step=step):
-        for key in HEADLINE:
-            if metrics.get(key) is not None:
-                tf.summary.scalar(f"coco/{key}", metrics[key])
-    writer.flush()
-    workspace.write_text(json.dumps(metrics, indent=2, sort_keys=True), "metrics.json")
-    workspace.push("tensorboard")
+    earlier = [point for point in read_history(workspace) if point["step"] < step]
+    metrics["history"] = [*earlier, history_point(metrics, step, seconds)]
+    _record(workspace, metrics, step)
     log.info("evaluation at step %d: AP %s AP50 %s AP75 %s", step, *(metrics.get(k) for k in HEADLINE[:3]))
     return metrics
 
 
-def _evaluate(task, model, config, labels: list[dict]) -> dict:
-    """One pass over the validation split with the task's own step and COCO evaluator."""
-    dataset = task.build_inputs(config.task.validation_data)
+def _evaluate(task, model, config, labels: list[dict], step_fn=None, dataset=None) -> dict:
+    """One pass over the validation split with the task's own step and COCO evaluator.
 
-    @tf.function
-    def step_fn(inputs):
-        return task.validation_step(inputs, model)
-
+    ``step_fn`` and ``dataset``: a traced validation step and the split, when the caller
+    evaluates more than once (tracing again would cost seconds per evaluation).
+    """
+    dataset = dataset if dataset is not None else task.build_inputs(config.task.validation_data)
+    step_fn = step_fn or tf.function(lambda inputs: task.validation_step(inputs, model))
     state = None
     for inputs in dataset:
         state = task.aggregate_logs(state, step_fn(inputs))
     with per_class_cocoeval():
         raw = task.reduce_aggregated_logs(state)
     return summarize(raw, labels, with_masks=_has_masks(config))
+
+
+def history_point(metrics: dict, step: int, seconds: float) -> dict:
+    """One point of the AP curve, with what the evaluation cost."""
+    return {"step": step, **{k: metrics.get(k) for k in HEADLINE[:3]}, "seconds": round(seconds, 2)}
+
+
+def read_history(workspace: Workspace) -> list[dict]:
+    """The evaluations metrics.json records so far (a resumed run keeps them)."""
+    path = workspace.pull("metrics.json")
+    if not path.exists():
+        return []
+    return list(json.loads(path.read_text()).get("history") or [])
+
+
+def _record(workspace: Workspace, metrics: dict, step: int) -> None:
+    """metrics.json, and the headline numbers as TensorBoard ``eval`` scalars at ``step``."""
+    writer = tf.summary.create_file_writer(str(workspace.path("tensorboard", "eval")))
+    with writer.as_default(step=step):
+        for key in HEADLINE:
+            if metrics.get(key) is not None:
+                tf.summary.scalar(f"coco/{key}", metrics[key])
+    writer.flush()
+    writer.close()
+    workspace.write_text(json.dumps(metrics, indent=2, sort_keys=True), "metrics.json")
+    workspace.push("tensorboard")
+
+
+class DuringTraining:
+    """Evaluates the model being trained every ``every`` steps (``eval_steps``; 0: never).
+
+    Why the live model and not a restored checkpoint: restoring builds a second model (memory
+    and seconds); the live weights are the ones training just reached. The validation step is
+    traced once and reused, so each evaluation costs one pass over the validation split. The
+    last step is left to ``evaluate``, which also writes the per-class numbers.
+    """
+
+    def __init__(self, workspace: Workspace, config, model, every: int, total: int) -> None:
+        self.workspace, self.config, self.model = workspace, config, model
+        self.every, self.total = every, total
+        self.history = read_history(workspace)
+        self._task = self._step_fn = self._dataset = None
+
+    def steps_to_next(self, step: int) -> int:
+        """Steps until the next evaluation, so a training call stops exactly there."""
+        return self.every - step % self.every if self.every else self.total - step
+
+    def after(self, step: int) -> None:
+        """Evaluate if ``step`` is an evaluation step not evaluated yet (a resumed run skips it)."""
+        if not self.every or step % self.every or step >= self.total:
+            return
+        if any(point["step"] == step for point in self.history):
+            return
+        began = time.monotonic()
+        metrics = _evaluate(self._eval_task(), self.model, self.config, [], self._step_fn, self._dataset)
+        seconds = time.monotonic() - began
+        self.history = [p for p in self.history if p["step"] < step] + [history_point(metrics, step, seconds)]
+        metrics.update(step=step, history=self.history)
+        _record(self.workspace, metrics, step)
+        log.info("evaluation at step %d: AP50 %s (%.1f s)", step, metrics.get("AP50"), seconds)
+
+    def _eval_task(self):
+        """A task of its own (its COCO evaluator), its ground truth in a scratch folder."""
+        if self._task is None:
+            scratch = tempfile.mkdtemp(prefix="cvat-eval-")
+            weakref.finalize(self, shutil.rmtree, scratch, True)
+            task = families.build_task(self.config, scratch)
+            task.build_metrics(training=False)
+            model = self.model
+            self._step_fn = tf.function(lambda inputs: task.validation_step(inputs, model))
+            self._dataset = task.build_inputs(self.config.task.validation_data)
+            self._task = task
+        return self._task
 
 
 @contextlib.contextmanager

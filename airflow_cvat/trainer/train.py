@@ -23,7 +23,7 @@ import tensorflow as tf
 import tf_keras
 
 from airflow_cvat.arguments import TrainingArguments
-from airflow_cvat.trainer import families
+from airflow_cvat.trainer import evaluate, families, pretrained
 from airflow_cvat.trainer.storage import Workspace
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,10 @@ def train(
             checkpoint.restore(manager.latest_checkpoint).expect_partial()
             log.info("resuming from %s", manager.latest_checkpoint)
         else:
-            task.initialize(model)  # reads backbone + decoder from the base checkpoint, if any
+            # Backbone (+ decoder) from the base weights: checked against the model, restored,
+            # and compared value by value (pretrained.py); recorded for the result and resumes.
+            loaded = pretrained.initialize(model, config.task)
+            workspace.write_text(json.dumps(loaded, indent=2), pretrained.REPORT)
     start = int(optimizer.iterations.numpy())
     dataset = strategy.distribute_datasets_from_function(
         lambda context: task.build_inputs(config.task.train_data, context)
@@ -152,6 +155,7 @@ def train(
     iterator = iter(dataset)
     writer = tf.summary.create_file_writer(str(workspace.path("tensorboard", "train")))
     progress = Progress(args.steps, start, staged=bool(args.stage_steps))
+    evaluation = evaluate.DuringTraining(workspace, config, model, args.eval_steps, args.steps)
     for stage in stages_for(args):
         if stage.end <= start:
             continue
@@ -167,7 +171,9 @@ def train(
                 len(model.variables),
             )
         loop = _make_loop(strategy, task, model, optimizer, metrics)
-        _run_stage(stage, loop, iterator, optimizer, metrics, manager, workspace, writer, progress)
+        _run_stage(
+            stage, loop, iterator, optimizer, metrics, manager, workspace, writer, progress, evaluation
+        )
     manager.save(checkpoint_number=optimizer.iterations, check_interval=False)
     workspace.push("checkpoints")
     workspace.write_text(json.dumps({"steps": args.steps}), "checkpoints", "train.json")
@@ -189,10 +195,12 @@ def _make_loop(strategy, task, model, optimizer, metrics):
     return loop
 
 
-def _run_stage(stage, loop, iterator, optimizer, metrics, manager, workspace, writer, progress) -> None:
+def _run_stage(
+    stage, loop, iterator, optimizer, metrics, manager, workspace, writer, progress, evaluation
+) -> None:
     chunk = 10
     while (done := int(optimizer.iterations.numpy())) < stage.end:
-        n = min(chunk, stage.end - done)
+        n = min(chunk, stage.end - done, evaluation.steps_to_next(done))
         for metric in metrics:
             metric.reset_state()
         began = time.monotonic()
@@ -213,6 +221,7 @@ def _run_stage(stage, loop, iterator, optimizer, metrics, manager, workspace, wr
             )
         if manager.save(checkpoint_number=optimizer.iterations):
             workspace.push("checkpoints")
+        evaluation.after(step)
         # Size the next call so that each takes about LOOP_SECONDS (at most 1000 steps).
         chunk = int(min(1000, max(1, n * LOOP_SECONDS / max(elapsed, 1e-3))))
         chunk = min(chunk, manager.checkpoint_interval or chunk)
