@@ -69,6 +69,13 @@ _ALIASES = {
 }
 
 
+_KEY_VALUE = r"[A-Za-z][A-Za-z0-9_-]*\s*=\s*[^;=\s]+"
+ARGUMENTS_PATTERN = rf"^\s*(?:{_KEY_VALUE}(?:\s*[;\n]\s*{_KEY_VALUE})*\s*;?)?\s*$"
+"""The shape of an argument string (``key=value`` pairs joined by ``;`` or newlines), as a JSON
+Schema ``pattern``: the DAG's form refuses a malformed string before a run exists. Whether the
+keys and values suit the model is for :func:`parse_arguments`, which knows the model."""
+
+
 class ArgumentError(ValueError):
     """The argument string is wrong; the message says what was wrong and what is valid."""
 

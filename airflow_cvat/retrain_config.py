@@ -14,10 +14,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_cvat.arguments import ArgumentError, parse_arguments, split_arguments
-from airflow_cvat.catalog import CatalogError, load_catalog
+from airflow_cvat.catalog import CatalogError, get_model, load_catalog
 from airflow_cvat.machines import MachineTypeError, choose_machine, load_machine_types
 
 EXECUTIONS = ("local", "kubernetes")
+DEFAULT_MODEL = "ssd-mobilenet-v2-coco"
+IDS_PATTERN = r"^\s*\[?[\s,]*(?:\d+(?:[\s,]+\d+)*)?[\s,]*\]?\s*$"
+"""CVAT ids as the form takes them: "12, 13", "12 13" or one per line (a JSON Schema pattern)."""
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 #: The keys a run's conf may hold (the DAG's params); anything else is refused as a likely typo.
@@ -88,61 +91,117 @@ def resolve(
     *,
     machine_types: str | dict | None = None,
 ) -> RetrainConfig:
-    """Merge (param defaults < deployment settings < the run's conf) and validate everything."""
+    """Merge (param defaults < deployment settings < the run's conf) and validate everything.
+
+    Every problem is collected and reported in one ConfigError, so a person fixes them all at
+    once instead of learning them one failed run at a time.
+    """
+    problems: list[str] = []
     unknown = sorted(set(conf) - set(CONF_KEYS))
     if unknown:
-        raise ConfigError(f"unknown conf keys {unknown}; valid keys: {', '.join(CONF_KEYS)}")
-    given = {k: v for k, v in conf.items() if v not in (None, "", [])}
-    if any(key in given for key in SOURCE_KEYS):
-        # A run that names its source replaces the deployment's nightly source, not adds to it.
-        defaults = {k: v for k, v in defaults.items() if k not in SOURCE_KEYS}
-    merged = {**defaults, **given}
-    if not merged.get("root"):
-        raise ConfigError(
-            "no artifact root: set 'root' in the cvat_retrain Variable "
-            "(e.g. s3://bucket/cvat or file:///data/cvat)"
+        problems.append(
+            f"unknown conf keys {unknown}: remove them or fix the spelling; "
+            f"valid keys: {', '.join(CONF_KEYS)}"
         )
+    merged = merge(conf, defaults)
+    if not merged.get("root"):
+        problems.append(
+            "no artifact root: set 'root' in the cvat_retrain Variable (Admin > Variables), "
+            'e.g. {"root": "s3://bucket/cvat"} or {"root": "file:///data/cvat"}'
+        )
+
+    def checked(convert: Any, *args: Any, fallback: Any = None) -> Any:
+        try:
+            return convert(*args)
+        except ConfigError as error:
+            problems.append(str(error))
+            return fallback
+
     config = RetrainConfig(
-        root=str(merged["root"]).rstrip("/"),
-        model=str(merged.get("model") or "ssd-mobilenet-v2-coco"),
+        root=str(merged.get("root") or "").rstrip("/"),
+        model=str(merged.get("model") or DEFAULT_MODEL),
         arguments=str(merged.get("arguments") or ""),
         execution=str(merged.get("execution") or "local"),
-        task_ids=_ids(merged.get("task_ids")),
-        project_id=_optional_int(merged.get("project_id"), "project_id"),
+        task_ids=checked(parse_ids, merged.get("task_ids"), "task_ids", fallback=[]),
+        project_id=checked(_optional_int, merged.get("project_id"), "project_id"),
         source_uri=merged.get("source_uri") or None,
         machine_type=merged.get("machine_type") or None,
-        num_clones=_optional_int(merged.get("num_clones"), "num_clones") or 1,
-        emails=_emails(merged.get("emails")),
-        only_finished=_bool(merged.get("only_finished", True), "only_finished"),
+        num_clones=checked(_optional_int, merged.get("num_clones"), "num_clones") or 1,
+        emails=checked(_emails, merged.get("emails"), fallback=[]),
+        only_finished=checked(_bool, merged.get("only_finished", True), "only_finished", fallback=True),
         catalog_file=merged.get("catalog_file") or None,
         model_name=merged.get("model_name") or None,
-        pre_annotate=_bool(merged.get("pre_annotate", False), "pre_annotate"),
-        pre_annotate_task_ids=_ids(merged.get("pre_annotate_task_ids"), "pre_annotate_task_ids"),
-        pre_annotate_threshold=_threshold(merged.get("pre_annotate_threshold", 0.5)),
+        pre_annotate=checked(_bool, merged.get("pre_annotate", False), "pre_annotate", fallback=False),
+        pre_annotate_task_ids=checked(
+            parse_ids, merged.get("pre_annotate_task_ids"), "pre_annotate_task_ids", fallback=[]
+        ),
+        pre_annotate_threshold=checked(_threshold, merged.get("pre_annotate_threshold", 0.5), fallback=0.5),
     )
-    _check_source(config)
-    _check_training(config, machine_types)
-    _check_pre_annotation(config)
+    problems += _check_source(config)
+    problems += _check_training(config, machine_types)
+    problems += _check_pre_annotation(config)
+    if problems:
+        raise ConfigError(_problems_message(problems))
     return config
 
 
-def _check_pre_annotation(config: RetrainConfig) -> None:
+def merge(conf: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The run's non-empty conf values over the defaults.
+
+    A run that names its source replaces the deployment's nightly source rather than adding to
+    it; "default" for execution means the deployment's default (the form's first choice).
+    """
+    given = {k: v for k, v in conf.items() if not _empty(v) and not (k == "execution" and v == "default")}
+    if any(key in given for key in SOURCE_KEYS):
+        defaults = {k: v for k, v in defaults.items() if k not in SOURCE_KEYS}
+    return {**defaults, **given}
+
+
+def has_source(conf: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """Whether the run's conf or the deployment's settings name anything to train on."""
+    merged = merge(conf, defaults)
+    return any(not _empty(merged.get(key)) for key in SOURCE_KEYS)
+
+
+NO_SOURCE_SKIP = (
+    "nothing to train on: this scheduled run has no source. Set one in the cvat_retrain Variable "
+    '(Admin > Variables), e.g. {"root": "s3://bucket/cvat", "task_ids": "12, 13"} or '
+    '{"root": "s3://bucket/cvat", "project_id": 4}; or set CVAT_RETRAIN_SCHEDULE=none to switch the '
+    "schedule off. Manual runs name their source in the trigger form."
+)
+"""Why a scheduled run without sources skips: a fresh deployment has no source yet, and a
+nightly failure email for that would only be noise."""
+
+
+def _problems_message(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"cannot start this run: {problems[0]}"
+    listed = "\n".join(f"  {number}. {problem}" for number, problem in enumerate(problems, 1))
+    return f"cannot start this run, {len(problems)} problems (fix them all, then trigger again):\n{listed}"
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == [] or (isinstance(value, str) and not value.strip())
+
+
+def _check_pre_annotation(config: RetrainConfig) -> list[str]:
     """Which tasks the new model pre-annotates: those given, else the run's own source tasks.
 
     A project source pre-annotates the project's tasks (listed when the step runs); an export
     already in storage names no CVAT task, so the tasks must be given.
     """
     if not config.pre_annotate or config.pre_annotate_task_ids:
-        return
+        return []
     if config.task_ids:
         config.pre_annotate_task_ids = list(config.task_ids)
     elif config.project_id is not None:
         config.pre_annotate_project_id = config.project_id
-    else:
-        raise ConfigError(
+    elif config.source_uri:
+        return [
             "pre_annotate is on but the source is an export in storage (source_uri), which names no "
-            "CVAT task: give pre_annotate_task_ids"
-        )
+            "CVAT task: give pre_annotate_task_ids, or switch pre_annotate off"
+        ]
+    return []
 
 
 def _threshold(value: Any) -> float:
@@ -151,36 +210,57 @@ def _threshold(value: Any) -> float:
     except (TypeError, ValueError):
         threshold = -1.0
     if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"pre_annotate_threshold must be a score within 0..1, got {value!r}")
+        raise ConfigError(f"pre_annotate_threshold must be a score within 0..1 (e.g. 0.5), got {value!r}")
     return threshold
 
 
-def _check_source(config: RetrainConfig) -> None:
+def _check_source(config: RetrainConfig) -> list[str]:
     given = [name for name in SOURCE_KEYS if getattr(config, name)]
-    if len(given) != 1:
-        raise ConfigError(
-            "give exactly one source: task_ids (CVAT task ids), project_id (a CVAT project), or "
-            f"source_uri (a CVAT export zip in object storage); got {given or 'none'}"
-        )
+    if len(given) == 1:
+        return []
+    if not given:
+        return [
+            "no source to train on: give task_ids (CVAT task ids, e.g. 12, 13), project_id (a CVAT "
+            "project) or source_uri (a CVAT export zip in object storage) in the form or conf, or set "
+            "task_ids or project_id in the cvat_retrain Variable for scheduled runs"
+        ]
+    return [f"give exactly one source, not {' and '.join(given)}: task_ids, project_id or source_uri"]
 
 
-def _check_training(config: RetrainConfig, machine_types: str | dict | None) -> None:
+def _check_training(config: RetrainConfig, machine_types: str | dict | None) -> list[str]:
+    """Execution, model, arguments and machine type, each reported on its own."""
+    problems: list[str] = []
     if config.execution not in EXECUTIONS:
-        raise ConfigError(f"execution must be one of {list(EXECUTIONS)}, got {config.execution!r}")
+        problems.append(
+            f"execution must be one of {list(EXECUTIONS)} (or 'default'), got {config.execution!r}"
+        )
     try:
         catalog = load_catalog(config.catalog_file)
+    except CatalogError as err:
+        return [*problems, f"catalogue file {config.catalog_file!r} is invalid: {err}; fix the file or "
+                "remove catalog_file from the cvat_retrain Variable"]  # fmt: skip
+    try:
+        get_model(config.model, catalog)
+    except CatalogError as err:
+        problems.append(f"model: {err}")
+    num_clones = config.num_clones
+    try:
         config.arguments = _with_clones(config.arguments, config.num_clones)
-        args = parse_arguments(config.model, config.arguments, catalog=catalog)
-    except (ArgumentError, CatalogError) as err:
-        raise ConfigError(f"bad training arguments: {err}") from None
-    config.num_clones = args.num_clones
+        if config.model in catalog:
+            args = parse_arguments(config.model, config.arguments, catalog=catalog)
+            config.training, num_clones = args.to_dict(), args.num_clones
+        else:
+            split_arguments(config.arguments)
+    except ArgumentError as err:
+        problems.append(f"bad training arguments: {err}")
+    config.num_clones = num_clones
     if config.execution == "kubernetes":
         try:
             types = load_machine_types(machine_types)
-            config.machine_type = choose_machine(types, config.machine_type, args.num_clones).name
+            config.machine_type = choose_machine(types, config.machine_type, num_clones).name
         except MachineTypeError as err:
-            raise ConfigError(str(err)) from None
-    config.training = args.to_dict()
+            problems.append(f"machine type: {err}")
+    return problems
 
 
 def _with_clones(arguments: str, num_clones: int) -> str:
@@ -195,14 +275,34 @@ def _with_clones(arguments: str, num_clones: int) -> str:
     return arguments
 
 
-def _ids(value: Any, name: str = "task_ids") -> list[int]:
-    if value in (None, "", []):
+def parse_ids(value: Any, name: str = "task_ids") -> list[int]:
+    """CVAT ids however they come: "12, 13" or one per line (the form), [12, 13] or ["12"]
+    (REST, the webhook bridge, older confs), or a single 12."""
+    if _empty(value):
         return []
-    items = value if isinstance(value, list) else [v for v in str(value).strip("[]").split(",") if v.strip()]
-    try:
-        return [int(v) for v in items]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a list of CVAT task ids (integers), got {value!r}") from None
+    if isinstance(value, str):
+        items: list[Any] = [v for v in re.split(r"[\s,]+", value.strip().strip("[]")) if v]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        items = [value]
+    ids = [_id(item) for item in items]
+    if None in ids:
+        raise ConfigError(
+            f"{name} must be CVAT ids (whole numbers from 1), e.g. 12, 13 (commas, spaces or one per "
+            f"line); got {value!r}"
+        )
+    return ids  # type: ignore[return-value]
+
+
+def _id(item: Any) -> int | None:
+    if isinstance(item, bool):
+        return None
+    if isinstance(item, int):
+        return item if item > 0 else None
+    if isinstance(item, str) and item.strip().isdigit() and int(item) > 0:
+        return int(item)
+    return None
 
 
 def _optional_int(value: Any, name: str) -> int | None:

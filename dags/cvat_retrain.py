@@ -30,13 +30,16 @@ import os
 import pendulum
 from airflow.sdk import DAG, Param, task
 
-from airflow_cvat.catalog import SEED_MODELS
+from airflow_cvat.arguments import ARGUMENTS_PATTERN, MAX_CLONES
+from airflow_cvat.catalog import load_catalog
+from airflow_cvat.machines import BUILTIN_MACHINE_TYPES
 from airflow_cvat.notifications.email import CVATEmailNotifier, ModelReportEmailOperator
 from airflow_cvat.operators.base_model import BaseModelPullOperator
 from airflow_cvat.operators.convert import ConvertModelOperator
 from airflow_cvat.operators.export import CVATExportOperator
 from airflow_cvat.operators.preannotate import preannotate_operator
 from airflow_cvat.operators.training import LocalTrainingOperator
+from airflow_cvat.retrain_config import DEFAULT_MODEL, IDS_PATTERN
 
 SCHEDULE = os.environ.get("CVAT_RETRAIN_SCHEDULE", "0 2 * * *")
 KUBERNETES = os.environ.get("CVAT_RETRAIN_KUBERNETES", "false").lower() in ("1", "true", "yes")
@@ -49,38 +52,80 @@ EMAILS = [e for e in os.environ.get("CVAT_RETRAIN_EMAILS", "").replace(";", ",")
 CONFIG = "ti.xcom_pull(task_ids='config')"
 
 
+def _names(variable: str) -> list[str]:
+    """Comma-separated names from an environment variable (extra choices for the form)."""
+    return [name.strip() for name in os.environ.get(variable, "").split(",") if name.strip()]
+
+
 def cfg(key: str) -> str:
     """A template reading one resolved setting of this run (rendered as a native object)."""
     return "{{ " + CONFIG + "['" + key + "'] }}"
 
 
+DEFAULT_EXECUTION = "kubernetes" if KUBERNETES else "local"
+EXECUTION_CHOICES = {
+    "local": "Local: a process on the Airflow worker",
+    **({"kubernetes": "Kubernetes: GPU pods (machine type below)"} if KUBERNETES else {}),
+}
+MODEL_CHOICES = {
+    name: f"{name}: {spec.description.split('. ')[0]}" for name, spec in load_catalog().items()
+} | {name: f"{name} (this deployment's catalogue)" for name in _names("CVAT_RETRAIN_MODELS")}
+MACHINE_CHOICES = {
+    name: f"{name} ({machine.gpus} GPU{'s' if machine.gpus != 1 else ''})"
+    for name, machine in BUILTIN_MACHINE_TYPES.items()
+} | {name: name for name in _names("CVAT_MACHINE_TYPE_NAMES")}
+
+
+def choice_param(default: str | None, labels: dict[str, str], default_label: str, **schema: str) -> Param:
+    """A drop-down of named choices whose empty value (null) reads as `default_label`, never as
+    the word null; clearing the field picks it too."""
+    return Param(default, type=["null", "string"], enum=[None, *labels],
+                 values_display={"null": default_label, **labels}, **schema)  # fmt: skip
+
+
+def ids_param(title: str, description: str) -> Param:
+    """CVAT ids typed as text ("12, 13" or one per line), the one widget the trigger form cannot
+    corrupt while a person types; REST calls and the webhook bridge may still send [12, 13] or 12,
+    so the schema takes those too (`config` turns all of them into a list of ints)."""
+    return Param(
+        None,
+        anyOf=[{"type": "null"}, {"type": "string"}, {"type": "integer", "minimum": 1},
+               {"type": "array", "items": {"type": ["integer", "string"]}}],
+        pattern=IDS_PATTERN, title=title, description=description,
+    )  # fmt: skip
+
+
 PARAMS = {
-    "task_ids": Param([], type="array", items={"type": "integer"}, title="CVAT task ids",
-                      description="Tasks to export (or give a project id)."),
-    "project_id": Param(None, type=["null", "integer"], title="CVAT project id"),
+    "task_ids": ids_param("CVAT task ids", "e.g. 12, 13 (commas, spaces or one per line). "
+                          "Give task ids, a project id or an export in storage."),
+    "project_id": Param(None, type=["null", "integer"], minimum=1, title="CVAT project id",
+                        description="e.g. 4: every task of the project."),
     "source_uri": Param(None, type=["null", "string"], title="Export already in storage",
-                        description="URI of a CVAT export zip (COCO 1.0 or CVAT for images 1.1)."),
-    "model": Param("ssd-mobilenet-v2-coco", type="string", title="Base model",
-                   examples=[m.name for m in SEED_MODELS],
-                   description="A catalogue name, or your own from the catalogue file."),
-    "arguments": Param("", type="string", title="Training arguments",
+                        description="e.g. s3://bucket/exports/task12.zip (COCO 1.0 or CVAT for images 1.1)."),
+    "model": choice_param(DEFAULT_MODEL, MODEL_CHOICES, "Deployment default (the Variable's model)",
+                          title="Base model", description="What to fine-tune. Models of your own catalogue "
+                          "file: list their names in CVAT_RETRAIN_MODELS."),
+    "arguments": Param(None, type=["null", "string"], pattern=ARGUMENTS_PATTERN, title="Training arguments",
                        description="e.g. epochs=15000;batch_size=24;initial_learning_rate=0.004 "
-                       "(epochs means training steps, as in the original CVAT training)."),
-    "machine_type": Param(None, type=["null", "string"], title="Machine type (Kubernetes)",
-                          examples=["cpu", "gpu-1", "gpu-2", "gpu-4", "gpu-8"]),
-    "num_clones": Param(1, type="integer", minimum=1, maximum=64, title="GPUs (num_clones)"),
-    "emails": Param(EMAILS, type="array", items={"type": "string"}, title="Email the result to"),
-    "only_finished": Param(True, type="boolean", title="Only finished jobs",
-                           description="Export only completed jobs at stage acceptance."),
-    "execution": Param(None, type=["null", "string"], enum=[None, "local", "kubernetes"],
-                       title="Where training runs", description="Empty: the deployment's default."),
-    "pre_annotate": Param(False, type="boolean", title="Pre-annotate with the new model",
+                       "(epochs means training steps, as in the original CVAT training). "
+                       "Empty: the model's defaults."),
+    "machine_type": choice_param(None, MACHINE_CHOICES, "Smallest GPU machine with num_clones GPUs",
+                                 title="Machine type", description="Kubernetes only: what a pod asks for."),
+    "num_clones": Param(1, type=["null", "integer"], minimum=1, maximum=MAX_CLONES, title="GPUs (num_clones)",
+                        description="GPUs training uses (1 to 64); frcnn-nas-coco needs 2 or more."),
+    "emails": Param(EMAILS or None, type=["null", "array"], items={"type": "string"},
+                    title="Email the result to", description="One address per line."),
+    "only_finished": Param(True, type=["null", "boolean"], title="Only finished jobs",
+                           description="Export only jobs completed at stage acceptance; off: every job."),
+    "execution": choice_param(None, EXECUTION_CHOICES, f"Deployment default ({DEFAULT_EXECUTION})",
+                              title="Where training runs"),
+    "pre_annotate": Param(False, type=["null", "boolean"], title="Pre-annotate with the new model",
                           description="After publishing, run the model (LATEST after the quality gate) "
                           "over jobs in state new and upload its shapes (source auto) to CVAT."),
-    "pre_annotate_task_ids": Param([], type="array", items={"type": "integer"}, title="Tasks to pre-annotate",
-                                   description="Empty: the run's own source tasks (a project's tasks)."),
-    "pre_annotate_threshold": Param(0.5, type="number", minimum=0, maximum=1,
-                                    title="Pre-annotation score threshold"),
+    "pre_annotate_task_ids": ids_param("Tasks to pre-annotate",
+                                       "e.g. 14, 15. Empty: the run's own source tasks."),
+    "pre_annotate_threshold": Param(0.5, type=["null", "number"], minimum=0, maximum=1,
+                                    title="Pre-annotation score threshold", description="0 to 1; e.g. 0.5."),
 }  # fmt: skip
 
 
@@ -90,6 +135,8 @@ with DAG(
     schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
+    # Paused when Airflow first sees it: unpausing is the deliberate act that starts nightly runs.
+    is_paused_upon_creation=True,
     max_active_runs=1,
     params=PARAMS,
     render_template_as_native_obj=True,
@@ -104,14 +151,18 @@ with DAG(
         import json
 
         from airflow.sdk import Variable
+        from airflow.sdk.exceptions import AirflowSkipException
 
-        from airflow_cvat.retrain_config import resolve
+        from airflow_cvat.retrain_config import NO_SOURCE_SKIP, has_source, resolve
 
         settings = json.loads(Variable.get("cvat_retrain", default="{}"))
         defaults = {**{k: v for k, v in context["params"].items() if v not in (None, [], "")}, **settings}
-        defaults.setdefault("execution", "kubernetes" if KUBERNETES else "local")
+        defaults.setdefault("execution", DEFAULT_EXECUTION)
+        conf = dict(context["dag_run"].conf or {})
+        if context["dag_run"].run_type == "scheduled" and not has_source(conf, defaults):
+            raise AirflowSkipException(NO_SOURCE_SKIP)
         machine_types = Variable.get("cvat_machine_types", default=None)
-        resolved = resolve(dict(context["dag_run"].conf or {}), defaults, machine_types=machine_types)
+        resolved = resolve(conf, defaults, machine_types=machine_types)
         if resolved.execution == "kubernetes" and not KUBERNETES:
             raise ValueError(
                 "execution 'kubernetes' is not enabled in this deployment: set CVAT_RETRAIN_KUBERNETES=true "

@@ -1,10 +1,14 @@
-"""A run's configuration is refused, with a reason, before any expensive work starts."""
+"""A run's configuration is refused, with every reason at once, before any expensive work starts."""
 
 from __future__ import annotations
 
+import re
+
+import jsonschema
 import pytest
 
-from airflow_cvat.retrain_config import ConfigError, resolve
+from airflow_cvat.arguments import ARGUMENTS_PATTERN, ArgumentError, split_arguments
+from airflow_cvat.retrain_config import IDS_PATTERN, ConfigError, has_source, parse_ids, resolve
 
 DEFAULTS = {"root": "file:///data/cvat", "model": "ssd-mobilenet-v2-coco", "execution": "local"}
 
@@ -22,6 +26,65 @@ def test_nightly_run_takes_the_deployment_sources():
 
 
 @pytest.mark.parametrize(
+    "given",
+    ["12, 13", "12 13", "12\n13", " 12,\n 13, ", "[12, 13]", [12, 13], ["12", "13"], ["12", 13]],
+)
+def test_ids_are_accepted_however_they_come(given):
+    """The form sends text, REST and the webhook bridge send lists: all mean the same tasks."""
+    assert parse_ids(given) == [12, 13]
+    assert resolve({"task_ids": given}, DEFAULTS).task_ids == [12, 13]
+
+
+@pytest.mark.parametrize("given", [12, "12", ["12"], [12]])
+def test_one_id_in_any_form(given):
+    assert parse_ids(given) == [12]
+
+
+@pytest.mark.parametrize("given", [None, "", "  ", []])
+def test_no_ids(given):
+    assert parse_ids(given) == []
+
+
+@pytest.mark.parametrize("given", ["12;13", "twelve", "12, x", [1.5], [0], -3, [True], "12-13"])
+def test_bad_ids_name_the_field_and_the_format(given):
+    with pytest.raises(ConfigError, match=r"task_ids must be CVAT ids .* e\.g\. 12, 13"):
+        parse_ids(given, "task_ids")
+
+
+@pytest.mark.parametrize("text", ["12, 13", "12\n13", "12", " 12 13 ", "[12, 13]", ""])
+def test_the_forms_id_pattern_takes_what_config_takes(text):
+    assert re.search(IDS_PATTERN, text)
+    parse_ids(text)
+
+
+@pytest.mark.parametrize("text", ["12;13", "twelve", "12, x", "12-13", "#12"])
+def test_the_forms_id_pattern_refuses_what_config_refuses(text):
+    assert not re.search(IDS_PATTERN, text)
+    with pytest.raises(ConfigError):
+        parse_ids(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "epochs=100", "epochs=100;batch_size=24;", " epochs = 100 ; lr=1e-4 ", "epochs=1\nbatch_size=2",
+     "stage-1-epochs=2;stage2_epochs=0"],
+)  # fmt: skip
+def test_the_forms_arguments_pattern_takes_well_formed_strings(text):
+    assert jsonschema.Draft202012Validator({"pattern": ARGUMENTS_PATTERN}).is_valid(text)
+    split_arguments(text)
+
+
+@pytest.mark.parametrize("text", ["epochs", "epochs=", "=3", "epochs=1 batch_size=2", "a=b=c", "epochs:100"])
+def test_the_forms_arguments_pattern_refuses_malformed_strings(text):
+    """What the form refuses, config would refuse too: the pattern is not stricter than needed
+    for these, and the shape is checked before a run exists."""
+    assert not jsonschema.Draft202012Validator({"pattern": ARGUMENTS_PATTERN}).is_valid(text)
+    with pytest.raises((ArgumentError, ConfigError)):
+        split_arguments(text)
+        resolve({"task_ids": [1], "arguments": text}, DEFAULTS)
+
+
+@pytest.mark.parametrize(
     ("conf", "message"),
     [
         ({"task_ids": [1], "arguments": "epohcs=10"}, "epohcs"),
@@ -30,19 +93,62 @@ def test_nightly_run_takes_the_deployment_sources():
         ({"task_ids": [1], "model": "frcnn-nas-coco"}, "2"),
         ({"task_ids": [1], "num_clones": 2, "arguments": "num_clones=4"}, "give it once"),
         ({"task_ids": [1], "project_id": 2}, "exactly one source"),
-        ({}, "exactly one source"),
+        ({}, "no source to train on"),
         ({"task_ids": ["x"]}, "task_ids must be"),
         ({"task_ids": [1], "emails": ["not-an-address"]}, "not email addresses"),
         ({"task_ids": [1], "execution": "slurm"}, "execution must be one of"),
         ({"task_ids": [1], "epochs": 5}, "unknown conf keys ['epochs']"),
         ({"task_ids": [1], "execution": "kubernetes", "machine_type": "gpu-1", "num_clones": 4}, "gpu-4"),
         ({"task_ids": [1], "execution": "kubernetes", "machine_type": "tpu"}, "unknown machine type"),
+        ({"source_uri": "s3://b/x.zip", "pre_annotate": True}, "give pre_annotate_task_ids"),
+        ({"task_ids": [1], "pre_annotate_threshold": 2}, "within 0..1"),
     ],
 )
 def test_bad_conf_is_refused_with_what_to_do(conf, message):
-    with pytest.raises(ConfigError, match=None) as caught:
+    with pytest.raises(ConfigError) as caught:
         resolve(conf, DEFAULTS)
     assert message in str(caught.value)
+
+
+def test_every_problem_is_reported_in_one_message():
+    """A first run with nothing right learns everything at once, not one failed run at a time."""
+    conf = {
+        "arguments": "epochs=ten",
+        "model": "yolo-v9",
+        "execution": "kubernetes",
+        "machine_type": "tpu",
+        "emails": ["nobody"],
+        "typo": 1,
+    }
+    with pytest.raises(ConfigError) as caught:
+        resolve(conf, {})
+    message = str(caught.value)
+    assert message.startswith("cannot start this run, 6 problems")
+    for expected in (
+        "unknown conf keys ['typo']",
+        "no artifact root: set 'root' in the cvat_retrain Variable",
+        "not email addresses: ['nobody']",
+        "no source to train on: give task_ids",
+        "unknown model 'yolo-v9'; valid models are: ",
+        "unknown machine type 'tpu'; known types: ",
+    ):
+        assert expected in message
+    assert len(re.findall(r"^  \d+\. ", message, flags=re.M)) == 6
+
+
+def test_arguments_and_machine_type_are_both_reported_for_a_known_model():
+    conf = {"task_ids": "5", "arguments": "epohcs=10", "execution": "kubernetes", "machine_type": "tpu"}
+    with pytest.raises(ConfigError) as caught:
+        resolve(conf, DEFAULTS)
+    assert "epohcs" in str(caught.value) and "unknown machine type 'tpu'" in str(caught.value)
+
+
+def test_execution_default_means_the_deployments_choice():
+    assert (
+        resolve({"task_ids": "1", "execution": "default"}, DEFAULTS | {"execution": "local"}).execution
+        == "local"
+    )
+    assert resolve({"task_ids": "1", "execution": None}, DEFAULTS).execution == "local"
 
 
 def test_kubernetes_picks_the_smallest_machine_with_enough_gpus():
@@ -58,3 +164,19 @@ def test_missing_root_is_explained():
 def test_a_run_naming_its_source_replaces_the_nightly_source():
     config = resolve({"project_id": 7, "task_ids": []}, DEFAULTS | {"task_ids": [5]})
     assert config.project_id == 7 and config.task_ids == []
+    config = resolve({"task_ids": "8, 9", "project_id": None}, DEFAULTS | {"project_id": 5})
+    assert config.task_ids == [8, 9] and config.project_id is None
+
+
+@pytest.mark.parametrize(
+    ("conf", "settings", "expected"),
+    [
+        ({}, {}, False),
+        ({"task_ids": None, "project_id": None, "source_uri": ""}, {"root": "s3://b"}, False),
+        ({}, {"task_ids": "12"}, True),
+        ({}, {"project_id": 4}, True),
+        ({"task_ids": "12, 13"}, {}, True),
+    ],
+)
+def test_has_source_decides_whether_a_scheduled_run_has_work(conf, settings, expected):
+    assert has_source(conf, settings) is expected
