@@ -137,9 +137,15 @@ def test_corrupt_image_is_skipped_and_listed(tmp_path):
     archive = next((tmp_path / "ds" / "archives").glob("*.zip"))
     _rewrite_zip(archive, {"images/default/frame_000002.jpg": b"\xff\xd8\xff not really a jpeg"})
     _fix_manifest_hash(tmp_path / "ds")
-    report = prepare(str(tmp_path / "ds"), tmp_path / "data", validation_fraction=0.2)
+    with pytest.raises(DatasetError, match=r"dropped 1 of 6 images \(17%\).*max_dropped_images=0.05"):
+        prepare(str(tmp_path / "ds"), tmp_path / "data", validation_fraction=0.2)
+    assert not (tmp_path / "data" / "prepare.json").exists() and not list(
+        (tmp_path / "data").glob("*.tfrecord")
+    )
+    report = prepare(str(tmp_path / "ds"), tmp_path / "data", validation_fraction=0.2, max_dropped_images=0.2)
     assert report.train_images + report.validation_images == 5
     assert [s["image"].endswith("frame_000002.jpg") for s in report.skipped_images] == [True]
+    assert report.dropped_images == {"cannot_decode": 1} and report.images_selected == 6
 
 
 def test_tampered_archive_is_refused(tmp_path):
@@ -188,7 +194,14 @@ def _edge_dataset(folder: Path) -> None:
 
 def test_edge_rules(tmp_path):
     _edge_dataset(tmp_path / "ds")
-    report = prepare(str(tmp_path / "ds"), tmp_path / "data", validation_fraction=0.3, with_masks=True)
+    # keep_empty_labels: whichever image validates, all three labels stay classes (ids 1-3)
+    report = prepare(
+        str(tmp_path / "ds"),
+        tmp_path / "data",
+        validation_fraction=0.3,
+        with_masks=True,
+        keep_empty_labels=True,
+    )
     examples = {**read_examples(tmp_path / "data", "train"), **read_examples(tmp_path / "data", "val")}
     assert set(examples) == {"a.jpg", "b.jpg", "c.jpg"}  # the image without shapes is kept
     assert len(examples["b.jpg"]["image/object/class/label"]) == 0
@@ -199,11 +212,13 @@ def test_edge_rules(tmp_path):
     half = 10 * 2**0.5
     np.testing.assert_allclose(boxes[1], [50 - half, 40 - half, 50 + half, 40 + half], atol=1e-3)
     np.testing.assert_allclose(boxes[2], [70, 50, 90, 70], atol=1e-3)
-    assert report.dropped == {
-        "zero_area_or_outside": 2,
+    assert report.dropped_shapes == {
+        "degenerate_box": 1,
+        "outside_image": 1,
         "unsupported_polyline": 1,
         "unknown_label": 1,
     }
+    assert report.clipped_shapes == 1 and report.dropped_images == {}
     masks = [tf.io.decode_png(m).numpy()[..., 0] for m in a["image/object/mask"]]
     assert len(masks) == 3 and all(m.shape == (80, 100) for m in masks)
     assert masks[1][40, 50] == 1 and masks[1][31, 41] == 0  # rotated square: centre in, corner out

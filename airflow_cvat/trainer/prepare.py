@@ -1,30 +1,45 @@
 """prepare: a dataset folder (manifest.json + CVAT export zips) -> sharded TFRecords + label map.
 
-Output, under ``{output}/data/``: ``train-00000-of-0000N.tfrecord``, ``val-...``,
-``label_map.json`` and ``prepare.json`` (counts and rules applied; written last, so its presence
-means the stage is complete and a retried pod skips it).
+Output, under ``{output}/data/``: ``train-00000-of-0000N.tfrecord``, ``val-...``, ``test-...``
+(when the export has a Test subset), ``label_map.json`` and ``prepare.json``: the record of what
+was really trained on (split, classes, everything dropped and why). It is written last, so its
+presence means the stage is complete and a retried pod skips it. The export's manifest.json
+stays what CVAT gave; prepare.json says what training made of it.
 
+Reading is :mod:`airflow_cvat.export_archive`'s, the same reader the export operator counts
+with (frame selection, zip members, subsets); prepare adds pixels, geometry and masks on top.
 Rules, applied the same way to both export formats:
 
 * Only the frames the manifest lists (``Archive.frame_names``) count; an archive whose
   ``frame_names`` is empty contributes all its images (a zip imported by hand).
-* Labels get contiguous ids 1..N (0 is background in the Model Garden) in the order of the
-  manifest's labels by CVAT id; names are kept. Shapes whose label is not in the manifest are
-  dropped and counted.
+* Split: when the export carries CVAT subsets (COCO ``instances_<subset>.json``, a project's
+  ``<image subset=...>``, a task's ``<subset>``), Train trains, Validation validates and Test
+  is written apart (``test-*.tfrecord``), never trained on. Images without a subset, or in a
+  subset of another name, train. Without a Validation subset, validation is drawn at random
+  from the training images. Without any subset, the split is random. Random draws rank each
+  image by SHA-256 of (manifest fingerprint, archive, subset, name) and take the lowest
+  ``max(1, round(fraction * images))``: deterministic for a dataset, never empty. The same file
+  name in two subsets is two images.
+* Classes: contiguous ids 1..N (0 is background in the Model Garden) in the order of the
+  manifest's labels by CVAT id, names kept. A label is a class only when at least one of its
+  shapes reaches the training split; tag labels, labels used only with points, polylines or
+  skeletons, and labels without shapes are left out and listed with the reason, unless
+  ``keep_empty_labels`` (then every label except tag, skeleton and points labels is a class).
 * Images without shapes are kept: they teach the detector what background looks like.
-* Shapes partly outside the image are clipped to it; a shape whose clipped box is under one
-  pixel wide or high (zero area, or wholly outside) is dropped and counted.
+* Shapes partly outside the image are clipped to it (counted as ``clipped_to_image``); a
+  shape whose clipped box is under one pixel wide or high is dropped (``outside_image``).
+  Degenerate geometry is dropped: boxes under one pixel wide or high (``degenerate_box``),
+  polygons with fewer than 3 points (``degenerate_polygon``), empty masks and ellipses.
 * Rotated boxes (CVAT's ``rotation``) become the axis-aligned box enclosing the rotated one;
-  their mask is the rotated rectangle.
-* Polylines, points, ellipses, cuboids, skeletons and tags are not detection targets: dropped
-  and counted per type.
-* An image that does not decode (corrupt, truncated, not an image) is skipped and listed; the
-  run fails only if no trainable image remains.
+  their mask is the rotated rectangle. Ellipses become a 32-sided polygon.
+* Polylines, points, cuboids, skeletons and tags are not detection targets: dropped and
+  counted per type (``unsupported_<type>``).
+* Images named by the annotations but missing from the zip, and images that do not decode
+  (corrupt, truncated, not an image), are dropped and listed. Above ``max_dropped_images``
+  (a fraction of the images the manifest selects; default 0.05) prepare fails, before any
+  TFRecord is written and before training, saying what was dropped.
 * Image bytes pass through unchanged (no re-encoding); width and height come from the image
   header, not from the annotation file.
-* Split: each image's key (archive path + frame name) is hashed with SHA-256; the lowest
-  hashes go to validation, ``max(1, round(fraction * images))`` of them. Deterministic, stable
-  when images are added, and never empty.
 """
 
 from __future__ import annotations
@@ -37,14 +52,20 @@ import math
 import shutil
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from xml.etree import ElementTree as ET
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from airflow_cvat.export_archive import (
+    ArchiveImage,
+    Shape,
+    iter_selected,
+    read_labels_and_images,
+    subset_role,
+)
 from airflow_cvat.manifest import MANIFEST_NAME, Archive, Manifest
 from airflow_cvat.trainer import storage
 
@@ -52,8 +73,15 @@ log = logging.getLogger(__name__)
 
 SHARD_IMAGES = 512
 """Images per TFRecord shard: a few shards let several readers interleave without tiny files."""
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
 MIN_BOX_SIDE = 1.0
+MAX_DROPPED_IMAGES = 0.05
+"""Default share of the selected images that may be dropped before prepare refuses the dataset."""
+ELLIPSE_VERTICES = 32
+LISTED_IMAGES = 20
+"""How many dropped images the summary names (prepare.json lists them all)."""
+SPLITS = (("train", "train"), ("validation", "val"), ("test", "test"))
+"""(split, TFRecord file prefix); the prefixes are what the training config reads."""
 
 
 class DatasetError(ValueError):
@@ -67,18 +95,50 @@ class Instance:
     label: str
     box: tuple[float, float, float, float]
     polygons: list[list[float]] = field(default_factory=list)
-    mask: np.ndarray | None = None  # full-image 0/1 mask (CVAT brush masks)
+    mask: np.ndarray | None = None  # full-image 0/1 mask (CVAT brush masks, COCO RLE)
 
 
 @dataclass
 class ImageRecord:
-    """One image of the dataset and its objects (image bytes read lazily from the zip)."""
+    """One image of the dataset: where its bytes are, its subset, its shapes as the archive has them.
+
+    ``width``, ``height``, ``format`` and ``instances`` are filled once the image has decoded.
+    """
 
     key: str
     archive: Path
     member: str
     name: str
-    instances: list[Instance]
+    subset: str = ""
+    shapes: list[Shape] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    instances: list[Instance] = field(default_factory=list)
+
+
+@dataclass
+class SplitPlan:
+    """Which images train, validate and test, and how that was decided (for people and the card)."""
+
+    mode: str  # "subsets" | "random"
+    description: str
+    train: list[ImageRecord]
+    validation: list[ImageRecord]
+    test: list[ImageRecord]
+    subsets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "description": self.description,
+            "train": len(self.train),
+            "validation": len(self.validation),
+            "test": len(self.test),
+            "subsets": self.subsets,
+            "seed": self.seed,
+        }
 
 
 @dataclass
@@ -88,13 +148,22 @@ class PrepareReport:
     labels: list[dict]
     train_images: int = 0
     validation_images: int = 0
+    test_images: int = 0
     train_shards: int = 0
     validation_shards: int = 0
+    test_shards: int = 0
     objects: int = 0
-    dropped: Counter = field(default_factory=Counter)
+    images_selected: int = 0
+    split: dict[str, Any] = field(default_factory=dict)
+    dropped_images: Counter = field(default_factory=Counter)
+    dropped_shapes: Counter = field(default_factory=Counter)
+    clipped_shapes: int = 0
+    labels_left_out: list[dict] = field(default_factory=list)
     skipped_images: list[dict] = field(default_factory=list)
     with_masks: bool = False
     validation_fraction: float = 0.1
+    keep_empty_labels: bool = False
+    max_dropped_images: float = MAX_DROPPED_IMAGES
     fingerprint: str = ""
 
     def to_dict(self) -> dict:
@@ -103,15 +172,28 @@ class PrepareReport:
             "labels": self.labels,
             "train_images": self.train_images,
             "validation_images": self.validation_images,
+            "test_images": self.test_images,
             "train_shards": self.train_shards,
             "validation_shards": self.validation_shards,
+            "test_shards": self.test_shards,
             "objects": self.objects,
-            "dropped": dict(self.dropped),
+            "images_selected": self.images_selected,
+            "split": self.split,
+            "dropped_images": dict(self.dropped_images),
+            "dropped_shapes": dict(self.dropped_shapes),
+            "clipped_shapes": self.clipped_shapes,
+            "labels_left_out": self.labels_left_out,
             "skipped_images": self.skipped_images,
             "with_masks": self.with_masks,
             "validation_fraction": self.validation_fraction,
+            "keep_empty_labels": self.keep_empty_labels,
+            "max_dropped_images": self.max_dropped_images,
             "fingerprint": self.fingerprint,
         }
+
+    def drop_image(self, record: ImageRecord, reason: str, detail: str) -> None:
+        self.dropped_images[reason] += 1
+        self.skipped_images.append({"image": record.key, "reason": detail})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,142 +243,158 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_archive(archive: Archive, path: Path, dropped: Counter) -> list[ImageRecord]:
-    """The counted images of one export zip, whichever of the two formats it is."""
+def read_archive(
+    archive: Archive, path: Path, report: PrepareReport, others: dict[str, Counter]
+) -> list[ImageRecord]:
+    """The selected images of one export zip; those the zip lacks are dropped and listed.
+
+    Tags, points, polylines... are counted in the report and, per label, in ``others`` (to say
+    later why such a label is not a class).
+    """
     with zipfile.ZipFile(path) as zf:
-        names = set(zf.namelist())
-        if "annotations.xml" in names:
-            records = _read_cvat_xml(zf, path, dropped)
-        else:
-            coco = sorted(n for n in names if n.startswith("annotations/") and n.endswith(".json"))
-            if not coco:
-                raise DatasetError(
-                    f"archive {archive.path} is neither a COCO 1.0 nor a CVAT for images 1.1 export "
-                    "(no annotations/*.json and no annotations.xml)"
-                )
-            records = [r for member in coco for r in _read_coco(zf, member, path, dropped)]
-    wanted = set(archive.frame_names)
-    if wanted:
-        stems = {PurePosixPath(n).stem for n in wanted}
-        records = [r for r in records if r.name in wanted or PurePosixPath(r.name).stem in stems]
-    for record in records:
-        record.key = f"{archive.path}/{record.name}"
-    return records
-
-
-def _find_member(names: set[str], prefixes: tuple[str, ...], name: str) -> str | None:
-    for prefix in prefixes:
-        if prefix + name in names:
-            return prefix + name
-    suffix = "/" + name
-    return next((n for n in names if n.endswith(suffix)), None)
-
-
-def _read_coco(zf: zipfile.ZipFile, member: str, path: Path, dropped: Counter) -> Iterator[ImageRecord]:
-    document = json.loads(zf.read(member))
-    subset = PurePosixPath(member).stem.removeprefix("instances_")
-    categories = {c["id"]: c["name"] for c in document.get("categories", [])}
-    by_image: dict[int, list[Instance]] = {}
-    for ann in document.get("annotations", []):
-        instance = _coco_instance(ann, categories, dropped)
-        if instance is not None:
-            by_image.setdefault(ann["image_id"], []).append(instance)
-    names = set(zf.namelist())
-    for image in document.get("images", []):
-        file_name = image["file_name"]
-        found = _find_member(names, (f"images/{subset}/", "images/"), file_name)
-        if found is None:
-            dropped["image_not_in_zip"] += 1
-            continue
-        yield ImageRecord("", path, found, file_name, by_image.get(image["id"], []))
-
-
-def _coco_instance(ann: dict, categories: dict[int, str], dropped: Counter) -> Instance | None:
-    label = categories.get(ann.get("category_id"))
-    if label is None:
-        dropped["unknown_category"] += 1
-        return None
-    x, y, w, h = (float(v) for v in ann["bbox"])
-    box = (x, y, x + w, y + h)
-    rotation = float((ann.get("attributes") or {}).get("rotation", 0.0) or 0.0)
-    segmentation = ann.get("segmentation") or []
-    if isinstance(segmentation, dict):  # RLE: CVAT writes masks this way
-        return Instance(label, box, mask=_decode_rle(segmentation))
-    polygons = [list(map(float, p)) for p in segmentation if len(p) >= 6]
-    if rotation and not polygons:
-        polygons = [_rotated_corners(box, rotation)]
-        box = _bounds(polygons[0])
-    return Instance(label, box, polygons=polygons)
-
-
-def _decode_rle(segmentation: dict) -> np.ndarray:
-    from pycocotools import mask as mask_utils
-
-    height, width = segmentation["size"]
-    rle = segmentation
-    if isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    return mask_utils.decode(rle).astype(np.uint8)
-
-
-def _read_cvat_xml(zf: zipfile.ZipFile, path: Path, dropped: Counter) -> Iterator[ImageRecord]:
-    root = ET.fromstring(zf.read("annotations.xml"))
-    names = set(zf.namelist())
+        _, images = read_labels_and_images(zf)
     records = []
-    for image in root.iter("image"):
-        name = image.get("name", "")
-        member = _find_member(names, ("images/",), name)
-        if member is None:
-            dropped["image_not_in_zip"] += 1
+    for image in iter_selected(images, archive.frame_names):
+        record = _record(archive, path, image)
+        for shape in image.others:
+            report.dropped_shapes[f"unsupported_{shape.type}"] += 1
+            others.setdefault(shape.label, Counter())[shape.type] += 1
+        if not image.member:
+            report.drop_image(record, "image_not_in_zip", "not in the zip: the annotations name it")
             continue
-        height, width = int(image.get("height", 0)), int(image.get("width", 0))
-        instances = [i for el in image for i in [_xml_instance(el, width, height, dropped)] if i is not None]
-        records.append(ImageRecord("", path, member, name, instances))
+        records.append(record)
     return records
 
 
-def _xml_instance(element: ET.Element, width: int, height: int, dropped: Counter) -> Instance | None:
-    label = element.get("label", "")
-    if element.tag == "box":
-        box = tuple(float(element.get(k, 0)) for k in ("xtl", "ytl", "xbr", "ybr"))
-        rotation = float(element.get("rotation", 0) or 0)
-        if rotation:
-            corners = _rotated_corners(box, rotation)  # type: ignore[arg-type]
-            return Instance(label, _bounds(corners), polygons=[corners])
-        return Instance(label, box)  # type: ignore[arg-type]
-    if element.tag == "polygon":
-        points = [float(v) for pair in element.get("points", "").split(";") for v in pair.split(",")]
-        if len(points) < 6:
-            dropped["degenerate_polygon"] += 1
-            return None
-        return Instance(label, _bounds(points), polygons=[points])
-    if element.tag == "mask":
-        mask = _cvat_mask(element, width, height)
-        ys, xs = np.nonzero(mask)
-        if not len(xs):
-            dropped["empty_mask"] += 1
-            return None
-        return Instance(label, (xs.min(), ys.min(), xs.max() + 1.0, ys.max() + 1.0), mask=mask)
-    if element.tag != "tag":
-        dropped[f"unsupported_{element.tag}"] += 1
-    return None
+def _record(archive: Archive, path: Path, image: ArchiveImage) -> ImageRecord:
+    return ImageRecord(
+        key=f"{archive.path}/{image.key}",
+        archive=path,
+        member=image.member,
+        name=image.name,
+        subset=image.subset,
+        shapes=image.shapes,
+        width=image.width,
+        height=image.height,
+    )
 
 
-def _cvat_mask(element: ET.Element, width: int, height: int) -> np.ndarray:
+def measure(records: list[ImageRecord], known_labels: set[str], report: PrepareReport) -> list[ImageRecord]:
+    """Decode every image once (corrupt ones are dropped) and turn its shapes into instances.
+
+    Runs before the split and before any TFRecord is written, so what will be dropped is known
+    (and the run can be refused) before anything costly happens.
+    """
+    usable = []
+    zips: dict[Path, zipfile.ZipFile] = {}
+    try:
+        for record in records:
+            zf = zips.get(record.archive)
+            if zf is None:  # once per archive: opening a zip parses its whole directory
+                zf = zips[record.archive] = zipfile.ZipFile(record.archive)
+            try:
+                record.width, record.height, record.format = _image_size(zf.read(record.member))
+            except (OSError, ValueError, SyntaxError) as error:
+                report.drop_image(record, "cannot_decode", f"cannot decode: {error}")
+                continue
+            record.instances = [
+                instance
+                for shape in record.shapes
+                if (instance := _instance(shape, record.width, record.height, known_labels, report))
+            ]
+            record.shapes = []  # the instances hold what is needed now
+            usable.append(record)
+    finally:
+        for zf in zips.values():
+            zf.close()
+    return usable
+
+
+def _instance(
+    shape: Shape, width: int, height: int, known_labels: set[str], report: PrepareReport
+) -> Instance | None:
+    """One shape as a training instance in pixels of the decoded image, or None (counted why)."""
+    drops = report.dropped_shapes
+    if shape.label not in known_labels:
+        drops["unknown_label"] += 1
+        return None
+    instance = _geometry(shape, width, height)
+    if instance is None:
+        drops[_DEGENERATE.get(shape.type, f"degenerate_{shape.type}")] += 1
+        return None
+    clipped = _clip(instance.box, width, height)
+    if clipped is None:
+        drops["outside_image"] += 1
+        return None
+    if any(abs(a - b) > 1e-6 for a, b in zip(clipped, instance.box, strict=True)):
+        report.clipped_shapes += 1
+    instance.box = clipped
+    return instance
+
+
+_DEGENERATE = {"rectangle": "degenerate_box", "mask": "empty_mask"}
+
+
+def _geometry(shape: Shape, width: int, height: int) -> Instance | None:
+    """Box, outline or mask of a detection shape; None when its geometry is degenerate."""
+    if shape.type == "rectangle":
+        x0, y0, x1, y1 = shape.points
+        if x1 - x0 < MIN_BOX_SIDE or y1 - y0 < MIN_BOX_SIDE:
+            return None
+        if shape.rotation:
+            corners = _rotated_corners((x0, y0, x1, y1), shape.rotation)
+            return Instance(shape.label, _bounds(corners), polygons=[corners])
+        return Instance(shape.label, (x0, y0, x1, y1))
+    if shape.type == "polygon":
+        rings = [ring for ring in (shape.polygons or [shape.points]) if len(ring) >= 6]
+        if not rings:
+            return None
+        return Instance(shape.label, _bounds([v for ring in rings for v in ring]), polygons=rings)
+    if shape.type == "ellipse":
+        cx, cy, rx, ry = shape.points
+        if rx <= 0 or ry <= 0:
+            return None
+        outline = _ellipse(cx, cy, rx, ry, shape.rotation)
+        return Instance(shape.label, _bounds(outline), polygons=[outline])
+    mask = _decode_mask(shape.mask or {}, width, height)
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return None
+    return Instance(shape.label, (xs.min(), ys.min(), xs.max() + 1.0, ys.max() + 1.0), mask=mask)
+
+
+def _decode_mask(mask: dict, width: int, height: int) -> np.ndarray:
+    """A full-image 0/1 mask from COCO's RLE or CVAT's brush RLE."""
+    if "counts" in mask:
+        from pycocotools import mask as mask_utils
+
+        rle_height, rle_width = mask["size"]
+        rle = mask
+        if isinstance(mask.get("counts"), list):
+            rle = mask_utils.frPyObjects(mask, rle_height, rle_width)
+        decoded = mask_utils.decode(rle).astype(np.uint8)
+        full = np.zeros((height, width), dtype=np.uint8)
+        h, w = min(height, decoded.shape[0]), min(width, decoded.shape[1])
+        full[:h, :w] = decoded[:h, :w]
+        return full
+    return _cvat_mask(mask, width, height)
+
+
+def _cvat_mask(mask: dict, width: int, height: int) -> np.ndarray:
     """CVAT's brush mask: run lengths (alternating 0/1, row-major) of a box at (left, top)."""
-    counts = [int(v) for v in element.get("rle", "").replace(" ", "").split(",") if v]
-    left, top = int(element.get("left", 0)), int(element.get("top", 0))
-    box_w, box_h = int(element.get("width", 0)), int(element.get("height", 0))
+    counts = [int(v) for v in str(mask.get("rle", "")).replace(" ", "").split(",") if v]
+    left, top = int(mask.get("left", 0)), int(mask.get("top", 0))
+    box_w, box_h = int(mask.get("width", 0)), int(mask.get("height", 0))
     flat = np.zeros(box_w * box_h, dtype=np.uint8)
     position, value = 0, 0
     for count in counts:
         flat[position : position + count] = value
         position += count
         value = 1 - value
-    mask = np.zeros((height, width), dtype=np.uint8)
+    full = np.zeros((height, width), dtype=np.uint8)
     crop = flat.reshape(box_h, box_w)[: max(0, height - top), : max(0, width - left)]
-    mask[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
-    return mask
+    full[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+    return full
 
 
 def _rotated_corners(box: tuple[float, float, float, float], degrees: float) -> list[float]:
@@ -312,45 +410,21 @@ def _rotated_corners(box: tuple[float, float, float, float], degrees: float) -> 
     return points
 
 
+def _ellipse(cx: float, cy: float, rx: float, ry: float, degrees: float) -> list[float]:
+    """A polygon of ``ELLIPSE_VERTICES`` points on the ellipse, rotated like CVAT's."""
+    angle = math.radians(degrees)
+    cos, sin = math.cos(angle), math.sin(angle)
+    points = []
+    for i in range(ELLIPSE_VERTICES):
+        t = 2 * math.pi * i / ELLIPSE_VERTICES
+        dx, dy = rx * math.cos(t), ry * math.sin(t)
+        points += [cx + dx * cos - dy * sin, cy + dx * sin + dy * cos]
+    return points
+
+
 def _bounds(points: list[float]) -> tuple[float, float, float, float]:
     xs, ys = points[0::2], points[1::2]
     return min(xs), min(ys), max(xs), max(ys)
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing TFRecords
-# ---------------------------------------------------------------------------------------------
-
-
-def label_map_for(manifest: Manifest) -> list[dict]:
-    """Contiguous training ids 1..N for the manifest's labels (by CVAT id), names kept."""
-    ordered = sorted(manifest.labels, key=lambda label: (label.id, label.name))
-    usable = [label for label in ordered if label.type not in ("tag", "skeleton", "points")]
-    return [{"id": i, "name": label.name, "cvat_id": label.id} for i, label in enumerate(usable, start=1)]
-
-
-def check_validation_fraction(fraction: float) -> None:
-    """Refuse a fraction that asks for an empty split (the CLI calls this before TensorFlow loads)."""
-    if not (isinstance(fraction, (int, float)) and 0.0 < fraction < 1.0):
-        raise DatasetError(
-            f"validation fraction {fraction} would leave the validation or training split empty; "
-            "use a value between 0 and 1 (the default is 0.1)"
-        )
-
-
-def split(records: list[ImageRecord], fraction: float) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """Deterministic hash split; see the module docstring."""
-    check_validation_fraction(fraction)
-    if len(records) < 2:
-        raise DatasetError(
-            f"the dataset has {len(records)} usable image(s); at least 2 are needed "
-            "(one to train on, one to validate with). Annotate and finish more jobs"
-        )
-    ranked = sorted(records, key=lambda r: hashlib.sha256(r.key.encode()).hexdigest())
-    count = min(len(records) - 1, max(1, round(fraction * len(records))))
-    validation = ranked[:count]
-    chosen = {id(r) for r in validation}
-    return [r for r in records if id(r) not in chosen], validation
 
 
 def _image_size(data: bytes) -> tuple[int, int, str]:
@@ -369,12 +443,131 @@ def _clip(box: tuple[float, float, float, float], width: int, height: int) -> tu
     return x0, y0, x1, y1
 
 
-def _mask_png(instance: Instance, box: tuple[float, ...], width: int, height: int) -> bytes:
+# ---------------------------------------------------------------------------------------------
+# What is kept: images, split, classes
+# ---------------------------------------------------------------------------------------------
+
+
+def check_validation_fraction(fraction: float) -> None:
+    """Refuse a fraction that asks for an empty split (the CLI calls this before TensorFlow loads)."""
+    if not (isinstance(fraction, (int, float)) and 0.0 < fraction < 1.0):
+        raise DatasetError(
+            f"validation fraction {fraction} would leave the validation or training split empty; "
+            "use a value between 0 and 1 (the default is 0.1)"
+        )
+
+
+def check_dropped_images(report: dict[str, Any], limit: float) -> None:
+    """Refuse the dataset when more than ``limit`` of its selected images were dropped."""
+    dropped = sum(report.get("dropped_images", {}).values())
+    selected = report.get("images_selected", 0)
+    if not selected or dropped / selected <= limit:
+        return
+    reasons = ", ".join(
+        f"{n} {_IMAGE_REASONS.get(k, k)}" for k, n in sorted(report["dropped_images"].items())
+    )
+    listed = [entry["image"] for entry in report.get("skipped_images", [])[:5]]
+    raise DatasetError(
+        f"prepare dropped {dropped} of {selected} images ({dropped / selected:.0%}), more than "
+        f"max_dropped_images={limit:g}: {reasons} (e.g. {', '.join(listed)}). Export again with "
+        "images (and check the task's files), or raise max_dropped_images in the training arguments"
+    )
+
+
+_IMAGE_REASONS = {"image_not_in_zip": "not in the zip", "cannot_decode": "do not decode"}
+
+
+def split(records: list[ImageRecord], fraction: float, seed: str = "") -> SplitPlan:
+    """Train, validation and test images: by CVAT subsets when present, else at random (see above)."""
+    check_validation_fraction(fraction)
+    if len(records) < 2:
+        raise DatasetError(
+            f"the dataset has {len(records)} usable image(s); at least 2 are needed "
+            "(one to train on, one to validate with). Annotate and finish more jobs"
+        )
+    roles = {id(r): subset_role(r.subset) or "train" for r in records}
+    if not any(subset_role(r.subset) for r in records):
+        train, validation = _random_split(records, fraction, seed)
+        percent = round(100 * fraction)
+        description = f"random {100 - percent}/{percent} seeded by fingerprint {seed}"
+        return SplitPlan("random", description, train, validation, [], seed=seed)
+    chosen = {role: [r for r in records if roles[id(r)] == role] for role in ("train", "validation", "test")}
+    subsets: dict[str, dict[str, Any]] = {}
+    for record in records:
+        entry = subsets.setdefault(record.subset or "(none)", {"role": roles[id(record)], "images": 0})
+        entry["images"] += 1
+    order = {"train": 0, "validation": 1, "test": 2}
+    parts = [
+        f"{name} {entry['images']}" + ("" if subset_role(name) else f" ({entry['role']})")
+        for name, entry in sorted(subsets.items(), key=lambda item: (order[item[1]["role"]], item[0]))
+    ]
+    description = "subsets: " + " / ".join(parts)
+    train, validation = chosen["train"], chosen["validation"]
+    if not train:
+        raise DatasetError(
+            f"the export's {description} leave nothing to train on; put the training images in a "
+            "Train subset (or in none) in CVAT"
+        )
+    if not validation:
+        if len(train) < 2:
+            raise DatasetError(f"the export's {description} leave too few images to train and validate on")
+        train, validation = _random_split(train, fraction, seed)
+        description += (
+            f"; validation: {len(validation)} drawn at random from training, seeded by fingerprint {seed}"
+        )
+    return SplitPlan("subsets", description, train, validation, chosen["test"], subsets, seed)
+
+
+def _random_split(
+    records: list[ImageRecord], fraction: float, seed: str
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """The lowest SHA-256(seed, key) ranks validate; deterministic for a dataset and never empty."""
+    ranked = sorted(records, key=lambda r: hashlib.sha256(f"{seed}\n{r.key}".encode()).hexdigest())
+    count = min(len(records) - 1, max(1, round(fraction * len(records))))
+    chosen = {id(r) for r in ranked[:count]}
+    return [r for r in records if id(r) not in chosen], [r for r in records if id(r) in chosen]
+
+
+_NOT_DETECTION_TYPES = ("tag", "skeleton", "points")
+
+
+def choose_classes(
+    manifest: Manifest, plan: SplitPlan, others: dict[str, Counter], keep_empty_labels: bool
+) -> tuple[list[dict], list[dict]]:
+    """(classes, labels left out): a label is a class when the training split has its shapes.
+
+    ``others`` counts each label's non-detection annotations (tags, points...) to say why a
+    label was left out. With ``keep_empty_labels`` every label but tag, skeleton and points
+    labels is a class, shapes or not (the rule before subsets and counting existed).
+    """
+    in_train = Counter(i.label for r in plan.train for i in r.instances)
+    elsewhere = Counter(i.label for r in (*plan.validation, *plan.test) for i in r.instances)
+    classes, left_out = [], []
+    for label in sorted(manifest.labels, key=lambda label: (label.id, label.name)):
+        if label.type in _NOT_DETECTION_TYPES:
+            reason = f"{label.type} label"
+        elif in_train[label.name] or keep_empty_labels:
+            classes.append({"id": len(classes) + 1, "name": label.name, "cvat_id": label.id})
+            continue
+        elif elsewhere[label.name]:
+            reason = "shapes only outside the training split"
+        elif label.name in others:
+            reason = "only " + ", ".join(sorted(others[label.name]))  # e.g. "only tag"
+        else:
+            reason = "no shapes"
+        left_out.append({"name": label.name, "cvat_id": label.id, "reason": reason})
+    return classes, left_out
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing TFRecords
+# ---------------------------------------------------------------------------------------------
+
+
+def _mask_png(instance: Instance, width: int, height: int) -> bytes:
     """A full-image 0/1 PNG (the Model Garden's instance mask encoding)."""
     if instance.mask is not None:
-        mask = np.zeros((height, width), dtype=np.uint8)
-        h, w = min(height, instance.mask.shape[0]), min(width, instance.mask.shape[1])
-        mask[:h, :w] = instance.mask[:h, :w]
+        mask = instance.mask
     elif instance.polygons:
         from pycocotools import mask as mask_utils
 
@@ -382,7 +575,7 @@ def _mask_png(instance: Instance, box: tuple[float, ...], width: int, height: in
         mask = np.amax(mask_utils.decode(rles), axis=2).astype(np.uint8)
     else:
         mask = np.zeros((height, width), dtype=np.uint8)
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        x0, y0, x1, y1 = (int(round(v)) for v in instance.box)
         mask[y0:y1, x0:x1] = 1
     buffer = io.BytesIO()
     Image.fromarray(mask).save(buffer, format="PNG")
@@ -390,31 +583,19 @@ def _mask_png(instance: Instance, box: tuple[float, ...], width: int, height: in
 
 
 def build_example(
-    record: ImageRecord,
-    data: bytes,
-    source_id: int,
-    label_ids: dict[str, int],
-    with_masks: bool,
-    dropped: Counter,
+    record: ImageRecord, data: bytes, source_id: int, label_ids: dict[str, int], with_masks: bool
 ):
-    """The tf.train.Example the Model Garden's TfExampleDecoder reads (boxes normalised)."""
+    """The tf.train.Example the Model Garden's TfExampleDecoder reads (boxes normalised).
+
+    ``record.instances`` are final here: clipped, and only of labels that are classes.
+    """
     import tensorflow as tf
 
-    width, height, image_format = _image_size(data)
-    boxes, classes, areas, masks = [], [], [], []
-    for instance in record.instances:
-        if instance.label not in label_ids:
-            dropped["unknown_label"] += 1
-            continue
-        box = _clip(instance.box, width, height)
-        if box is None:
-            dropped["zero_area_or_outside"] += 1
-            continue
-        boxes.append(box)
-        classes.append(label_ids[instance.label])
-        areas.append((box[2] - box[0]) * (box[3] - box[1]))
-        if with_masks:
-            masks.append(_mask_png(instance, box, width, height))
+    width, height = record.width, record.height
+    instances = record.instances
+    boxes = [i.box for i in instances]
+    classes = [label_ids[i.label] for i in instances]
+    names = {i: name for name, i in label_ids.items()}
 
     def floats(values):
         return tf.train.Feature(float_list=tf.train.FloatList(value=values))
@@ -427,7 +608,7 @@ def build_example(
 
     feature = {
         "image/encoded": byts([data]),
-        "image/format": byts([image_format.encode()]),
+        "image/format": byts([record.format.encode()]),
         "image/filename": byts([record.name.encode()]),
         "image/source_id": byts([str(source_id).encode()]),  # numeric: the COCO evaluator casts it
         "image/height": ints([height]),
@@ -437,59 +618,45 @@ def build_example(
         "image/object/bbox/xmax": floats([b[2] / width for b in boxes]),
         "image/object/bbox/ymax": floats([b[3] / height for b in boxes]),
         "image/object/class/label": ints(classes),
-        "image/object/class/text": byts([_name(label_ids, c).encode() for c in classes]),
-        "image/object/area": floats(areas),
+        "image/object/class/text": byts([names[c].encode() for c in classes]),
+        "image/object/area": floats([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]),
         "image/object/is_crowd": ints([0] * len(classes)),
     }
     if with_masks:
-        feature["image/object/mask"] = byts(masks)
-    return tf.train.Example(features=tf.train.Features(feature=feature)), len(classes)
-
-
-def _name(label_ids: dict[str, int], class_id: int) -> str:
-    return next(name for name, i in label_ids.items() if i == class_id)
+        feature["image/object/mask"] = byts([_mask_png(i, width, height) for i in instances])
+    return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
 def write_split(
-    name: str,
+    prefix: str,
     records: list[ImageRecord],
     folder: Path,
     label_ids: dict[str, int],
     with_masks: bool,
-    report: PrepareReport,
     first_id: int,
-) -> tuple[int, int]:
-    """Write one split's shards; return (images written, shards). Corrupt images are skipped."""
+) -> int:
+    """Write one split's shards (``{prefix}-0000i-of-0000N.tfrecord``); return the shard count."""
     import tensorflow as tf
 
     shards = max(1, math.ceil(len(records) / SHARD_IMAGES))
     writers = [
-        tf.io.TFRecordWriter(str(folder / f"{name}-{i:05d}-of-{shards:05d}.tfrecord")) for i in range(shards)
+        tf.io.TFRecordWriter(str(folder / f"{prefix}-{i:05d}-of-{shards:05d}.tfrecord"))
+        for i in range(shards)
     ]
-    written = 0
     zips: dict[Path, zipfile.ZipFile] = {}
     try:
         for index, record in enumerate(records):
             zf = zips.get(record.archive)
-            if zf is None:  # once per archive: opening a zip parses its whole directory
+            if zf is None:
                 zf = zips[record.archive] = zipfile.ZipFile(record.archive)
-            data = zf.read(record.member)
-            try:
-                example, objects = build_example(
-                    record, data, first_id + index, label_ids, with_masks, report.dropped
-                )
-            except (OSError, ValueError, SyntaxError) as error:
-                report.skipped_images.append({"image": record.key, "reason": f"cannot decode: {error}"})
-                continue
-            writers[written % shards].write(example.SerializeToString())
-            written += 1
-            report.objects += objects
+            example = build_example(record, zf.read(record.member), first_id + index, label_ids, with_masks)
+            writers[index % shards].write(example.SerializeToString())
     finally:
         for writer in writers:
             writer.close()
         for zf in zips.values():
             zf.close()
-    return written, shards
+    return shards
 
 
 def prepare(
@@ -498,45 +665,130 @@ def prepare(
     *,
     validation_fraction: float = 0.1,
     with_masks: bool = False,
+    keep_empty_labels: bool = False,
+    max_dropped_images: float = MAX_DROPPED_IMAGES,
 ) -> PrepareReport:
     """Convert the dataset at ``dataset_uri`` into ``data_dir``; see the module docstring."""
     check_validation_fraction(validation_fraction)
     dataset_uri = dataset_folder(dataset_uri)
     manifest = read_manifest(dataset_uri)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    labels = label_map_for(manifest)
-    if not labels:
+    if not manifest.labels:
         raise DatasetError("the manifest lists no labels; add labels to the CVAT task or project")
-    report = PrepareReport(labels=labels, with_masks=with_masks, validation_fraction=validation_fraction)
-    report.fingerprint = manifest.fingerprint
+    data_dir.mkdir(parents=True, exist_ok=True)
+    report = PrepareReport(
+        labels=[],
+        with_masks=with_masks,
+        validation_fraction=validation_fraction,
+        keep_empty_labels=keep_empty_labels,
+        max_dropped_images=max_dropped_images,
+        fingerprint=manifest.fingerprint,
+    )
     records: list[ImageRecord] = []
+    others: dict[str, Counter] = {}
     for archive, path in stage_archives(dataset_uri, manifest, data_dir / "_archives"):
-        records += read_archive(archive, path, report.dropped)
-    train_records, validation_records = split(records, validation_fraction)
-    label_ids = {entry["name"]: entry["id"] for entry in labels}
-    report.train_images, report.train_shards = write_split(
-        "train", train_records, data_dir, label_ids, with_masks, report, 1
-    )
-    report.validation_images, report.validation_shards = write_split(
-        "val", validation_records, data_dir, label_ids, with_masks, report, len(train_records) + 1
-    )
-    if report.train_images == 0 or report.validation_images == 0:
+        records += read_archive(archive, path, report, others)
+    report.images_selected = len(records) + report.dropped_images["image_not_in_zip"]
+    records = measure(records, {label.name for label in manifest.labels}, report)
+    check_dropped_images(report.to_dict(), max_dropped_images)  # before any TFRecord, before training
+    plan = split(records, validation_fraction, manifest.fingerprint)
+    report.split = plan.to_dict()
+    report.labels, report.labels_left_out = choose_classes(manifest, plan, others, keep_empty_labels)
+    if not report.labels:
         raise DatasetError(
-            f"after skipping {len(report.skipped_images)} image(s) that do not decode, the "
-            f"{'training' if report.train_images == 0 else 'validation'} split is empty; fix the images"
+            "no label has a shape in the training split, so there is nothing to detect: "
+            + "; ".join(f"{e['name']}: {e['reason']}" for e in report.labels_left_out)
         )
-    for key, value in sorted(report.dropped.items()):
-        log.warning("prepare: dropped %d (%s)", value, key)
+    label_ids = {entry["name"]: entry["id"] for entry in report.labels}
+    first_id = 1
+    for (name, prefix), chosen in zip(SPLITS, (plan.train, plan.validation, plan.test), strict=True):
+        for record in chosen:
+            kept = [i for i in record.instances if i.label in label_ids]
+            report.dropped_shapes["label_left_out"] += len(record.instances) - len(kept)
+            record.instances = kept
+            report.objects += len(kept)
+        if chosen:
+            shards = write_split(prefix, chosen, data_dir, label_ids, with_masks, first_id)
+            setattr(report, f"{name}_shards", shards)
+        setattr(report, f"{name}_images", len(chosen))
+        first_id += len(chosen)
+    report.dropped_shapes = +report.dropped_shapes  # no zero counts
+    log.info("prepare: %s", summary_line(report.to_dict()))
     staged = data_dir / "_archives"
     if staged.exists():
         shutil.rmtree(staged, ignore_errors=True)
-    (data_dir / "label_map.json").write_text(json.dumps({"labels": labels}, indent=2))
+    (data_dir / "label_map.json").write_text(json.dumps({"labels": report.labels}, indent=2))
     (data_dir / "prepare.json").write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     return report
 
 
-def is_prepared(data_dir: Path, with_masks: bool, validation_fraction: float) -> dict | None:
-    """The stored report when ``data_dir`` already holds a complete, compatible preparation."""
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """What the trainer's result, the model card and the email say about the data (see prepare.json).
+
+    Keys: ``split`` (mode, description, counts per split and subset), ``images`` (selected,
+    train, validation, test), ``dropped_images`` and ``dropped_shapes`` (count per reason),
+    ``clipped_shapes``, ``labels_left_out`` (name, reason), ``dropped_image_names`` (the first
+    few), ``classes`` (how many labels the model detects).
+    """
+    return {
+        "split": report.get("split", {}),
+        "images": {
+            "selected": report.get("images_selected", 0),
+            "train": report.get("train_images", 0),
+            "validation": report.get("validation_images", 0),
+            "test": report.get("test_images", 0),
+        },
+        "objects": report.get("objects", 0),
+        "classes": len(report.get("labels", [])),
+        "dropped_images": report.get("dropped_images", {}),
+        "dropped_image_names": [e["image"] for e in report.get("skipped_images", [])[:LISTED_IMAGES]],
+        "dropped_shapes": report.get("dropped_shapes", {}),
+        "clipped_shapes": report.get("clipped_shapes", 0),
+        "labels_left_out": report.get("labels_left_out", []),
+    }
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One line for a task log: the split, and every drop with its reason (or that none happened)."""
+    data = summary(report)
+    images = data["images"]
+    parts = [
+        f"{images['train']} train / {images['validation']} validation / {images['test']} test images "
+        f"of {images['selected']} selected, {data['objects']} objects, {data['classes']} classes",
+        data["split"].get("description", ""),
+    ]
+    dropped_images = sum(data["dropped_images"].values())
+    parts.append(
+        f"dropped images: {dropped_images}"
+        + (f" ({_counts(data['dropped_images'])})" if dropped_images else "")
+    )
+    parts.append(
+        f"dropped shapes: {sum(data['dropped_shapes'].values())}"
+        + (f" ({_counts(data['dropped_shapes'])})" if data["dropped_shapes"] else "")
+        + f", clipped to the image: {data['clipped_shapes']}"
+    )
+    if data["labels_left_out"]:
+        parts.append(
+            "labels left out: " + ", ".join(f"{e['name']} ({e['reason']})" for e in data["labels_left_out"])
+        )
+    return "; ".join(part for part in parts if part)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
+
+
+def is_prepared(
+    data_dir: Path,
+    with_masks: bool,
+    validation_fraction: float,
+    keep_empty_labels: bool = False,
+    max_dropped_images: float = MAX_DROPPED_IMAGES,
+) -> dict | None:
+    """The stored report when ``data_dir`` already holds a complete, compatible preparation.
+
+    A stored preparation that dropped more images than ``max_dropped_images`` now allows is
+    refused (DatasetError), as a fresh one would be.
+    """
     marker = data_dir / "prepare.json"
     if not marker.exists():
         return None
@@ -545,4 +797,7 @@ def is_prepared(data_dir: Path, with_masks: bool, validation_fraction: float) ->
         return None
     if not math.isclose(report.get("validation_fraction", -1), validation_fraction):
         return None
+    if report.get("keep_empty_labels") != keep_empty_labels:
+        return None
+    check_dropped_images(report, max_dropped_images)
     return report
