@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow_cvat.arguments import ArgumentError, parse_arguments, split_arguments
@@ -163,14 +164,37 @@ def has_source(conf: dict[str, Any], defaults: dict[str, Any]) -> bool:
     return any(not _empty(merged.get(key)) for key in SOURCE_KEYS)
 
 
-NO_SOURCE_SKIP = (
-    "nothing to train on: this scheduled run has no source. Set one in the cvat_retrain Variable "
-    '(Admin > Variables), e.g. {"root": "s3://bucket/cvat", "task_ids": "12, 13"} or '
-    '{"root": "s3://bucket/cvat", "project_id": 4}; or set CVAT_RETRAIN_SCHEDULE=none to switch the '
-    "schedule off. Manual runs name their source in the trigger form."
-)
-"""Why a scheduled run without sources skips: a fresh deployment has no source yet, and a
-nightly failure email for that would only be noise."""
+LATE_SCHEDULED_RUN = timedelta(hours=2)
+"""A scheduled run starting this long after it was due is a catch-up, not a nightly run: Airflow
+creates the latest missed run the moment a DAG is unpaused (the trigger form unpauses by default),
+and a person who only meant to trigger once must not get a training they did not ask for."""
+
+
+def scheduled_skip_reason(
+    conf: dict[str, Any], defaults: dict[str, Any], *, due: datetime, started: datetime
+) -> str | None:
+    """Why a scheduled run should skip rather than train (None: it should run).
+
+    A fresh deployment has no source yet, and a nightly failure email for that would be noise;
+    a run started long after its time is the catch-up run that unpausing creates.
+    """
+    if not has_source(conf, defaults):
+        return (
+            "nothing to train on: this scheduled run has no source. Set one in the cvat_retrain Variable "
+            '(Admin > Variables), e.g. {"root": "s3://bucket/cvat", "task_ids": "12, 13"} or '
+            '{"root": "s3://bucket/cvat", "project_id": 4}, or set CVAT_RETRAIN_SCHEDULE=none to switch '
+            "the schedule off. Manual runs name their source in the trigger form."
+        )
+    late = started - due
+    if late > LATE_SCHEDULED_RUN:
+        hours = late.total_seconds() / 3600
+        return (
+            f"this scheduled run started {hours:.1f} h after it was due ({due.isoformat()}), as happens "
+            "when the DAG has just been unpaused (e.g. by 'Unpause on trigger' in the trigger form) or the "
+            "scheduler was down; it skips so that unpausing never starts a training by surprise. The next "
+            "scheduled run trains at its time; trigger a run by hand to train now."
+        )
+    return None
 
 
 def _problems_message(problems: list[str]) -> str:

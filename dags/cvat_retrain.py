@@ -1,26 +1,7 @@
 """cvat_retrain: export finished CVAT work, fine-tune a detector, publish it for CVAT, email the outcome.
 
-One DAG serves the nightly schedule (the sources in the `cvat_retrain` Variable; skipped when
-their annotations did not change since the last published model), manual runs from the UI's
-form, REST API runs and CVAT webhooks (both with the same conf as the form).
-
-Optional last step (the `pre_annotate` param): the model LATEST names after publishing annotates
-the jobs nobody has started (state new) of `pre_annotate_task_ids` (default: the run's own source
-tasks) and uploads shapes with source auto; its summary goes into the email. Switched off, the
-task is skipped and the email is sent as before.
-
-Deployment settings, read at run time from the Airflow Variable `cvat_retrain` (JSON): root (the
-artifact root URI), catalog_file, model_name, and defaults for any form field (task_ids or
-project_id for the nightly run, model, arguments, emails, execution). Machine types: the
-Variable `cvat_machine_types`.
-
-Read at parse time from the environment (they shape the graph, so they cannot wait):
-CVAT_RETRAIN_SCHEDULE (cron; default 02:00 nightly; "none" turns it off), CVAT_RETRAIN_KUBERNETES
-("true" adds GPU training in pods and makes it the default; without it training runs locally and
-the DAG never imports the Kubernetes client), CVAT_CONN_ID (default cvat_default),
-CVAT_STORAGE_CONN_ID (the connection for s3:// roots, e.g. aws_default), CVAT_SMTP_CONN_ID
-(default smtp_default), CVAT_RETRAIN_EMAILS (comma-separated default recipients, also of failure
-emails), CVAT_QUALITY_MARGIN (AP50 a new model may lose and still replace LATEST; default 0.02).
+DOC_MD below is what people read in the Airflow UI (the DAG's Docs and each task's details);
+settings read at parse time come from the environment because they shape the graph.
 """
 
 from __future__ import annotations
@@ -40,6 +21,83 @@ from airflow_cvat.operators.export import CVATExportOperator
 from airflow_cvat.operators.preannotate import preannotate_operator
 from airflow_cvat.operators.training import LocalTrainingOperator
 from airflow_cvat.retrain_config import DEFAULT_MODEL, IDS_PATTERN
+
+DOC_MD = """
+# Retrain the CVAT pre-annotation model
+
+## What it does
+Exports the annotation work your team has **finished** in CVAT (completed jobs at stage
+acceptance), fine-tunes an object detector on it (TF Model Garden; locally or in GPU pods),
+publishes a model CVAT can run for automatic annotation, optionally pre-annotates the jobs
+nobody has started, and emails a report: how good the model is and whether it replaced `LATEST`.
+
+`config` → `export` + `pull_base_model` → `train_local` / `train_kubernetes` → `publish` →
+`pre_annotate` (optional) → `email_report`, `record_dataset`.
+
+## What to set (once, per deployment)
+- Connection **cvat_default** (type CVAT): the server URL, a personal access token, the organization.
+- Variable **cvat_retrain** (JSON): `root`, the artifact root (`s3://bucket/cvat` or
+  `file:///data/cvat`), and for the nightly run its source: `task_ids` (`"12, 13"`) or `project_id`.
+  Optional: `catalog_file`, `model`, `arguments`, `emails`, `execution`.
+- An SMTP connection (`smtp_default`) for the emails; an AWS connection for `s3://` roots
+  (environment variable `CVAT_STORAGE_CONN_ID`).
+- Environment (dag-processor and workers): `CVAT_RETRAIN_SCHEDULE` (cron; default `0 2 * * *`;
+  `none` switches it off), `CVAT_RETRAIN_KUBERNETES=true` for GPU pods, `CVAT_RETRAIN_EMAILS`,
+  `CVAT_QUALITY_MARGIN` (AP50 a new model may lose and still replace LATEST; default 0.02),
+  `CVAT_RETRAIN_MODELS` / `CVAT_MACHINE_TYPE_NAMES` (your own models and machine types, listed in the form).
+
+The DAG starts **paused**: unpausing switches the nightly run on. A scheduled run with no source
+in the Variable skips and says what to set; one that starts hours late (the catch-up run
+unpausing creates) skips too, so unpausing never starts a training by surprise.
+
+## Trigger it from the form
+Trigger → fill in **CVAT task ids** (e.g. `12, 13`, or one per line), or a project id, or an
+export already in storage; pick a **Base model**; optionally type **Training arguments** such as
+`epochs=15000;batch_size=24;initial_learning_rate=0.004` (`epochs` means training steps, as in
+the original CVAT training). Every field may stay empty: the defaults and the Variable fill them.
+Untick "Unpause" unless you also want the nightly run. Mistakes (unknown model, bad arguments,
+no root, unknown machine type...) fail `config` in seconds, all listed in one message.
+
+## Trigger it through the REST API
+`POST /api/v2/dags/cvat_retrain/dagRuns` with a JWT from `POST /auth/token`:
+
+    {"logical_date": null,
+     "conf": {"task_ids": [12, 13], "model": "ssd-mobilenet-v2-coco",
+              "arguments": "epochs=15000;batch_size=24", "emails": ["me@example.com"]}}
+
+Ids may be a list, a string (`"12, 13"`) or one number.
+
+## Trigger it from CVAT
+A CVAT webhook on "job updated" posts to the bridge at `/cvat/webhook` in the Airflow api-server;
+it checks CVAT's signature and starts one run per task or project when a job is completed. Set it
+up with the connection `cvat_webhook` (password: the webhook's secret) and `cvat-setup-webhook`.
+"""
+
+TASK_DOCS = {
+    "config": "Merges the form or REST conf, the Variable `cvat_retrain` and the defaults, and checks "
+    "all of it (source, model, arguments, machine type, root) before anything expensive; lists every "
+    "problem in one message. A scheduled run with no source, or one starting hours late, skips here.",
+    "export": "Exports the finished jobs (completed, stage acceptance) of the tasks or project from "
+    "CVAT into `{root}/datasets/`, with a `manifest.json`; skips the rest of the run when nothing is "
+    "finished or the annotations did not change since the last trained dataset.",
+    "pull_base_model": "Copies the base model's pretrained checkpoint once into `{root}/base_models/` "
+    "and verifies it; later runs reuse it.",
+    "train_local": "Fine-tunes the model on the exported dataset in a subprocess on the Airflow worker "
+    "(the trainer command line); checkpoints and metrics go to `{root}/runs/{run_id}/`, so a retry resumes.",
+    "train_kubernetes": "The same training in a GPU pod of the training image, on the machine type the "
+    "run chose, with one replica per GPU (num_clones).",
+    "where_to_train": "Chooses the training task the run's `execution` names (local or Kubernetes).",
+    "publish": "Evaluates the trained model, exports a SavedModel, the CVAT nuclio function and the "
+    "auto-annotation module into `{root}/models/{name}/{version}/`, and moves `LATEST` only when the "
+    "model is at least as good as the previous one (within CVAT_QUALITY_MARGIN).",
+    "record_dataset": "Records the dataset as trained on, so the next nightly run skips it when "
+    "nothing changed.",
+    "pre_annotate": "Optional (the form's Pre-annotate switch): runs the model LATEST names over jobs "
+    "nobody has started and uploads its shapes to CVAT with source auto; skipped when switched off.",
+    "email_report": "Emails the report: where the model is, its AP, whether it replaced LATEST, "
+    "predictions on validation images and the pre-annotation summary.",
+}
+"""One paragraph per task, shown in the task's details in the UI."""
 
 SCHEDULE = os.environ.get("CVAT_RETRAIN_SCHEDULE", "0 2 * * *")
 KUBERNETES = os.environ.get("CVAT_RETRAIN_KUBERNETES", "false").lower() in ("1", "true", "yes")
@@ -71,7 +129,7 @@ MODEL_CHOICES = {
     name: f"{name}: {spec.description.split('. ')[0]}" for name, spec in load_catalog().items()
 } | {name: f"{name} (this deployment's catalogue)" for name in _names("CVAT_RETRAIN_MODELS")}
 MACHINE_CHOICES = {
-    name: f"{name} ({machine.gpus} GPU{'s' if machine.gpus != 1 else ''})"
+    name: f"{name} ({machine.gpus or 'no'} GPU{'s' if machine.gpus > 1 else ''})"
     for name, machine in BUILTIN_MACHINE_TYPES.items()
 } | {name: name for name in _names("CVAT_MACHINE_TYPE_NAMES")}
 
@@ -141,7 +199,7 @@ with DAG(
     params=PARAMS,
     render_template_as_native_obj=True,
     tags=["cvat", "training"],
-    doc_md=__doc__,
+    doc_md=DOC_MD,
     default_args={"on_failure_callback": CVATEmailNotifier(smtp_conn_id=SMTP_CONN_ID, publish_task_id=None)},
 ) as dag:
 
@@ -153,14 +211,17 @@ with DAG(
         from airflow.sdk import Variable
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from airflow_cvat.retrain_config import NO_SOURCE_SKIP, has_source, resolve
+        from airflow_cvat.retrain_config import resolve, scheduled_skip_reason
 
         settings = json.loads(Variable.get("cvat_retrain", default="{}"))
         defaults = {**{k: v for k, v in context["params"].items() if v not in (None, [], "")}, **settings}
         defaults.setdefault("execution", DEFAULT_EXECUTION)
-        conf = dict(context["dag_run"].conf or {})
-        if context["dag_run"].run_type == "scheduled" and not has_source(conf, defaults):
-            raise AirflowSkipException(NO_SOURCE_SKIP)
+        dag_run = context["dag_run"]
+        conf = dict(dag_run.conf or {})
+        if dag_run.run_type == "scheduled":
+            now = pendulum.now("UTC")
+            if reason := scheduled_skip_reason(conf, defaults, due=dag_run.run_after, started=now):
+                raise AirflowSkipException(reason)
         machine_types = Variable.get("cvat_machine_types", default=None)
         resolved = resolve(conf, defaults, machine_types=machine_types)
         if resolved.execution == "kubernetes" and not KUBERNETES:
@@ -169,8 +230,8 @@ with DAG(
                 "for the dag-processor and workers (and a kubernetes_default connection), or use 'local'"
             )
         resolved = resolved.to_dict()
-        run = context["run_id"]
-        resolved["dataset_uri"] = f"{resolved['root']}/datasets/{resolved['source_key']}/{_safe(run)}"
+        folder = _safe(context["run_id"])
+        resolved["dataset_uri"] = f"{resolved['root']}/datasets/{resolved['source_key']}/{folder}"
         return resolved
 
     def _safe(run_id: str) -> str:
@@ -270,3 +331,6 @@ with DAG(
     )
     train_tasks >> convert >> [record_dataset(export.output), report]
     convert >> pre_annotate >> report
+
+    for each in dag.tasks:
+        each.doc_md = TASK_DOCS.get(each.task_id)
