@@ -36,10 +36,33 @@ def cvat(cvat_double, monkeypatch):
     return cvat_double
 
 
+PER_JOB_DAG_SOURCE = """
+import pendulum
+from airflow.sdk import DAG
+from airflow_cvat.operators.export import CVATExportOperator
+
+class PerJobExport(CVATExportOperator):
+    prefer_task_exports = False
+
+with DAG("export_per_job", schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchup=False):
+    PerJobExport(task_id="export", status_check_period=0.05, **{kwargs!r})
+"""
+
+
 @pytest.fixture
 def export(run_dag):
     def run(**kwargs):
         return run_dag(DAG_SOURCE.format(kwargs=kwargs), "export")
+
+    return run
+
+
+@pytest.fixture
+def export_per_job(run_dag):
+    """The same operator forced to export job by job, to compare with a whole-task export."""
+
+    def run(**kwargs):
+        return run_dag(PER_JOB_DAG_SOURCE.format(kwargs=kwargs), "export_per_job")
 
     return run
 
@@ -85,6 +108,66 @@ def test_exports_only_finished_jobs_to_file_storage(cvat, export, tmp_path: Path
     assert (destination.parent / "LATEST.json").exists()
 
 
+def comparable(manifest: Manifest) -> dict:
+    """What a manifest says about the data, leaving out how it was packed (archives) and when."""
+    data = json.loads(manifest.to_json())
+    for key in ("archives", "created"):
+        data.pop(key)
+    return data
+
+
+def test_whole_task_is_one_export_with_the_same_manifest_as_job_exports(
+    cvat, export, export_per_job, tmp_path: Path
+):
+    task_id, jobs = finished_task(cvat, frames=20, segment_size=5, finished=4)
+    cvat.delete_frames(task_id, [6])
+    cvat.clear_log()
+
+    whole = export(task_ids=[task_id], destination=f"file://{tmp_path}/a/run")
+
+    assert task_states(whole) == {"export": "success"}
+    assert [r.path for r in cvat.requests_to("POST", r"/dataset/export")] == [
+        f"/api/tasks/{task_id}/dataset/export"
+    ]
+    # The fingerprint reads the task's annotations once, not each job's.
+    assert len(cvat.requests_to("GET", rf"^/api/tasks/{task_id}/annotations")) == 1
+    assert not cvat.requests_to("GET", r"^/api/jobs/\d+/annotations")
+    manifest = load_manifest(xcom(whole, "export"))
+    assert [(a.path, a.task_id, a.job_id, a.frame_names) for a in manifest.archives] == [
+        (f"archives/task-{task_id}.zip", task_id, None, [])
+    ]
+    assert manifest.archives[0].frames == [f for f in range(20) if f != 6]
+    assert manifest.images == 19
+    assert [j["job_id"] for j in manifest.selection["jobs"]] == jobs
+    assert manifest.selection["jobs"][1]["frames"] == [5, 7, 8, 9]
+
+    per_job = export_per_job(task_ids=[task_id], destination=f"file://{tmp_path}/b/run")
+
+    other = load_manifest(xcom(per_job, "export"))
+    assert [a.job_id for a in other.archives] == jobs
+    assert comparable(other) == comparable(manifest)  # same jobs, frames, counts and fingerprint
+
+
+def test_some_jobs_unfinished_exports_those_jobs_side_by_side(cvat, export, tmp_path: Path):
+    task_id, jobs = finished_task(cvat, frames=20, segment_size=5, finished=3)
+    stale = tmp_path / "d" / "run" / "archives" / f"task-{task_id}.zip"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by an earlier try of this export")
+    cvat.clear_log()
+
+    run = export(task_ids=[task_id], destination=f"file://{tmp_path}/d/run")
+
+    manifest = load_manifest(xcom(run, "export"))
+    assert [a.job_id for a in manifest.archives] == jobs[:3]
+    assert [j["job_id"] for j in manifest.jobs_left_out] == [jobs[3]]
+    assert manifest.images == 15
+    # Every export is queued before the first status poll: CVAT's workers run them together.
+    exchanges = [r for r in cvat.log if "/dataset/export" in r.path or r.path.startswith("/api/requests/")]
+    assert [r.method for r in exchanges[:3]] == ["POST"] * 3
+    assert len(cvat.requests_to("GET", r"^/api/tasks/\d+/annotations")) == 1
+    assert not stale.exists()  # an archive the manifest does not list is not left beside it
+
+
 def test_exports_to_s3(cvat, export, s3_bucket):
     import boto3
 
@@ -100,7 +183,10 @@ def test_exports_to_s3(cvat, export, s3_bucket):
     assert xcom(run, "export") == f"s3://{s3_bucket}/datasets/t/run1/manifest.json"
     keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket)["Contents"]}
     assert "datasets/t/run1/manifest.json" in keys
-    assert sum(k.startswith("datasets/t/run1/archives/") for k in keys) == 2
+    # Both jobs finished: the whole task in one export.
+    assert [k for k in keys if k.startswith("datasets/t/run1/archives/")] == [
+        f"datasets/t/run1/archives/task-{task_id}.zip"
+    ]
     body = boto3.client("s3").get_object(Bucket=s3_bucket, Key="datasets/t/run1/manifest.json")["Body"]
     manifest = Manifest.from_json(body.read().decode())
     assert manifest.format == "CVAT for images 1.1"

@@ -8,6 +8,7 @@ of servers too old for the asynchronous export API, and a download that streams.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -26,6 +27,10 @@ MIN_SERVER_VERSION = (2, 16)
 #: Statuses worth retrying: the server is overloaded or restarting, not refusing us.
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 DOWNLOAD_CHUNK = 1 << 20
+#: First wait between status polls of an export. Small exports finish in well under a second, so
+#: polling at the configured period from the start wastes most of it; the wait doubles up to that
+#: period, so a long export still costs few requests.
+FIRST_POLL_INTERVAL = 0.1
 
 EXPORT_RESOURCES = ("tasks", "jobs", "projects")
 
@@ -73,6 +78,57 @@ def _cvat_detail(body: bytes | str | None) -> str:
     return json.dumps(data)[:500]
 
 
+def server_url_of(host: str | None, conn_id: str) -> str:
+    """The connection's Host as a URL with a scheme (https unless given), without a trailing slash."""
+    host = (host or "").rstrip("/")
+    if not host:
+        raise CVATError(f"connection {conn_id!r} has no server URL: set Host to e.g. https://app.cvat.ai")
+    return host if "://" in host else f"https://{host}"
+
+
+def auth_headers(conn: Any, conn_id: str) -> dict[str, str]:
+    """HTTP headers that authenticate as the connection: Bearer token, or Basic with a login.
+
+    For clients other than cvat-sdk (the trigger's async polling). Built where they are used,
+    from the connection, so that no secret is ever part of a serialized trigger.
+    """
+    if not conn.password:
+        raise CVATError(
+            f"connection {conn_id!r} has no token or password: store a personal access token "
+            "(or, with a user in Login, the password) in the connection's Password field"
+        )
+    if conn.login:
+        basic = base64.b64encode(f"{conn.login}:{conn.password}".encode()).decode()
+        headers = {"Authorization": f"Basic {basic}"}
+    else:
+        headers = {"Authorization": f"Bearer {conn.password}"}
+    organization = (conn.extra_dejson or {}).get("organization")
+    if organization:
+        headers["X-Organization"] = organization
+    return headers
+
+
+def export_result(
+    status: str, result_url: str | None, message: str | None, *, server: str, what: str
+) -> str | None:
+    """What one poll of ``/api/requests/{rq_id}`` means: the URL to download, None to keep waiting.
+
+    The one reading of CVAT's request states, shared by the hook's polling and the trigger's:
+    ``failed`` raises with CVAT's own message; ``finished`` without a URL means the resource
+    exports to cloud storage, which this provider cannot download.
+    """
+    if status == "failed":
+        raise CVATError(f"CVAT at {server} failed {what}: {message or '(no message)'}")
+    if status != "finished":
+        return None
+    if not result_url:
+        raise CVATError(
+            f"CVAT at {server} finished {what} without a download URL: the resource exports to cloud "
+            "storage; set its target storage to local, or export from that storage with source_uri"
+        )
+    return result_url
+
+
 def _parse_version(text: str) -> tuple[int, int]:
     parts = text.split("+")[0].split(".")
     try:
@@ -115,12 +171,7 @@ class CVATHook(BaseHook):
 
     @property
     def server_url(self) -> str:
-        host = (self._connection.host or "").rstrip("/")
-        if not host:
-            raise CVATError(
-                f"connection {self.cvat_conn_id!r} has no server URL: set Host to e.g. https://app.cvat.ai"
-            )
-        return host if "://" in host else f"https://{host}"
+        return server_url_of(self._connection.host, self.cvat_conn_id)
 
     @property
     def organization(self) -> str | None:
@@ -281,6 +332,15 @@ class CVATHook(BaseHook):
         with self._errors(f"annotations of job {job_id}"):
             return self.client.jobs.retrieve(job_id).get_annotations().to_dict()
 
+    def get_task_annotations(self, task_id: int) -> dict[str, Any]:
+        """All of a task's annotations in one request (a job's are those on its frames)."""
+        with self._errors(f"annotations of task {task_id}"):
+            # Raw JSON: the sdk's model parsing costs more than the request on a large task.
+            _, response = self.client.api_client.tasks_api.retrieve_annotations(
+                task_id, _parse_response=False
+            )
+        return json.loads(response.data)
+
     # -- exporting ----------------------------------------------------------------------------
 
     def start_export(self, resource: str, resource_id: int, format_name: str, *, save_images: bool) -> str:
@@ -301,29 +361,40 @@ class CVATHook(BaseHook):
 
     def wait_for_export(self, rq_id: str, *, timeout: float, what: str) -> str:
         """Poll /api/requests/{rq_id} until finished; return the result URL to download."""
+        return self.wait_for_exports({rq_id: what}, timeout=timeout)[rq_id]
+
+    def wait_for_exports(self, requests: dict[str, str], *, timeout: float) -> dict[str, str]:
+        """Poll several export requests (rq_id → what it exports) until all finish; rq_id → URL.
+
+        CVAT's workers run queued exports side by side, so they are waited for together. The
+        first wait is short and doubles up to ``status_check_period``: a small export is
+        downloaded moments after it finishes, a long one costs few requests.
+        """
         deadline = time.monotonic() + timeout
+        pending, results = dict(requests), {}
+        interval = min(FIRST_POLL_INTERVAL, self.status_check_period)
         while True:
-            with self._errors(f"status of {what}"):
-                request, _ = self.client.api_client.requests_api.retrieve(rq_id)
-            status = str(request.status.value)
-            if status == "finished":
-                if not request.result_url:
-                    raise CVATError(
-                        f"CVAT at {self.server_url} finished {what} without a download URL: the resource "
-                        "exports to cloud storage; set its target storage to local, or export from that "
-                        "storage with source_uri"
-                    )
-                return request.result_url
-            if status == "failed":
-                raise CVATError(f"CVAT at {self.server_url} failed {what}: {request.message}")
-            if time.monotonic() >= deadline:
-                raise CVATExportTimeout(
-                    f"CVAT at {self.server_url} did not finish {what} within {timeout:.0f} s (last status "
-                    f"{status!r}, progress {request.progress}). Raise export_timeout, or check that CVAT's "
-                    "export workers are running"
+            for rq_id, what in list(pending.items()):
+                with self._errors(f"status of {what}"):
+                    request, _ = self.client.api_client.requests_api.retrieve(rq_id)
+                status = str(request.status.value)
+                url = export_result(
+                    status, request.result_url, request.message, server=self.server_url, what=what
                 )
-            self.log.info("Waiting for CVAT: %s is %s", what, status)
-            time.sleep(self.status_check_period)
+                if url is not None:
+                    results[rq_id] = url
+                    del pending[rq_id]
+                elif time.monotonic() >= deadline:
+                    raise CVATExportTimeout(
+                        f"CVAT at {self.server_url} did not finish {what} within {timeout:.0f} s (last "
+                        f"status {status!r}, progress {request.progress}). Raise export_timeout, or check "
+                        "that CVAT's export workers are running"
+                    )
+            if not pending:
+                return results
+            self.log.info("Waiting for CVAT: %d export(s) not finished yet", len(pending))
+            time.sleep(interval)
+            interval = min(interval * 2, self.status_check_period)
 
     def iter_download(self, url: str, *, what: str) -> Iterator[bytes]:
         """Stream a result URL in chunks, so memory stays flat whatever the archive's size."""

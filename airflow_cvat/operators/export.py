@@ -1,10 +1,17 @@
 """CVATExportOperator: finished annotation work from CVAT into object storage, with a manifest.
 
-Each selected job is exported on its own through CVAT's asynchronous export API. That is how the
-dataset is restricted to the frames of finished jobs: CVAT has no "completed jobs only" export,
-but a job export holds exactly that job's frames. Archives stream straight into the destination
-(file://, s3://, anything ObjectStoragePath reaches) and manifest.json is written last, so a
-dataset folder without a manifest is never taken for a finished export.
+CVAT has no "completed jobs only" export, but a job export holds exactly that job's frames. So a
+task whose every annotation job is selected is exported whole, in one request (the fastest CVAT
+allows, restricting nothing), and a task with some unfinished jobs is exported job by job, only
+the finished ones. All exports are started before any is waited for: CVAT's workers prepare them
+side by side. Archives stream straight into the destination (file://, s3://, anything
+ObjectStoragePath reaches) and manifest.json is written last, so a dataset folder without a
+manifest is never taken for a finished export.
+
+Deferrable: the wait for CVAT can run in the triggerer (CVATRequestTrigger) instead of a worker
+slot. The export's plan (what was selected, which request exports what) is then written beside
+the archives before deferring, and read back when the task resumes; only request ids and the
+connection id go into the metadata database.
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ import json
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
+from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from airflow_cvat.export_archive import (
@@ -35,6 +43,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 LATEST_NAME = "LATEST.json"
+#: Written beside the archives while a deferred export waits; removed once the manifest is written.
+PLAN_NAME = "export-plan.json"
 COPY_CHUNK = 1 << 20
 # Fields of CVAT's annotation objects that change without the annotation changing.
 _VOLATILE_KEYS = frozenset({"id", "version", "created_date", "updated_date"})
@@ -46,6 +56,51 @@ class SelectedJob:
     job_id: int
     frames: list[int]
     frame_names: list[str]
+    stop_frame: int  # the job's range ends here even when its last frames are deleted
+
+
+@dataclass
+class ExportUnit:
+    """One CVAT export request: a whole task (job_id None), or one job of it."""
+
+    task_id: int
+    job_id: int | None
+    frames: list[int]
+    frame_names: list[str]
+    rq_id: str = ""
+
+    @property
+    def path(self) -> str:
+        job = f"-job-{self.job_id}" if self.job_id is not None else ""
+        return f"archives/task-{self.task_id}{job}.zip"
+
+    def what(self, fmt: str) -> str:
+        if self.job_id is None:
+            return f"export of task {self.task_id} as {fmt!r}"
+        return f"export of job {self.job_id} (task {self.task_id}) as {fmt!r}"
+
+
+@dataclass
+class ExportPlan:
+    """Everything decided before CVAT is asked to export; JSON, so a deferred task can resume."""
+
+    source: dict[str, Any]
+    labels: list[Label]
+    fingerprint: str
+    jobs: list[SelectedJob]
+    left_out: list[dict]
+    units: list[ExportUnit] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ExportPlan:
+        data = json.loads(text)
+        data["labels"] = [Label(**label) for label in data["labels"]]
+        data["jobs"] = [SelectedJob(**job) for job in data["jobs"]]
+        data["units"] = [ExportUnit(**unit) for unit in data["units"]]
+        return cls(**data)
 
 
 def parse_ids(value: Any, name: str) -> list[int]:
@@ -89,6 +144,10 @@ class CVATExportOperator(BaseOperator):
         source, recorded in ``{destination}/../LATEST.json``.
     :param record_latest: write that record after a successful export. A pipeline that wants
         "unchanged" to mean "already trained on" sets this False and records it after training.
+    :param export_timeout: seconds CVAT may take to prepare the exports.
+    :param status_check_period: the longest wait between two polls of CVAT (the first is 0.1 s).
+    :param deferrable: wait for CVAT in the triggerer, not in a worker slot. Defaults to Airflow's
+        ``[operators] default_deferrable``.
     """
 
     template_fields: Sequence[str] = (
@@ -100,6 +159,9 @@ class CVATExportOperator(BaseOperator):
         "all_jobs",
     )
     ui_color = "#e6f1fb"
+    #: Export a task whole when every annotation job of it is selected. Off, every task is
+    #: exported job by job (one archive per job); the manifest's content is the same either way.
+    prefer_task_exports = True
 
     def __init__(
         self,
@@ -118,6 +180,7 @@ class CVATExportOperator(BaseOperator):
         record_latest: bool = True,
         export_timeout: float = 3600,
         status_check_period: float = 2.0,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -135,17 +198,56 @@ class CVATExportOperator(BaseOperator):
         self.record_latest = record_latest
         self.export_timeout = export_timeout
         self.status_check_period = status_check_period
+        self.deferrable = deferrable
 
-    # -- entry point --------------------------------------------------------------------------
+    # -- entry points -------------------------------------------------------------------------
 
     def execute(self, context: Context) -> str:
         task_ids, project_id = self._validate()
         destination = self._writable_destination()
         if self.source_uri:
-            manifest = self._import_from_storage(destination)
-        else:
-            manifest = self._export_from_cvat(destination, task_ids, project_id)
-        return self._publish(destination, manifest)
+            return self._publish(destination, self._import_from_storage(destination))
+        hook = self._hook()
+        plan = self._plan(hook, destination, task_ids, project_id)
+        requests = self._start_exports(hook, plan)
+        if self.deferrable:
+            from airflow_cvat.triggers.cvat import CVATRequestTrigger
+
+            # The plan waits in storage, not in the metadata DB: it can name thousands of frames.
+            (destination / PLAN_NAME).write_text(plan.to_json())
+            self.defer(
+                trigger=CVATRequestTrigger(
+                    requests=requests,
+                    cvat_conn_id=self.cvat_conn_id,
+                    poll_interval=self.status_check_period,
+                    timeout=self.export_timeout,
+                ),
+                method_name="execute_complete",
+                # A backstop only: the trigger's own deadline gives the clearer message first.
+                timeout=timedelta(seconds=self.export_timeout + 600),
+            )
+        urls = hook.wait_for_exports(requests, timeout=self.export_timeout)
+        return self._finish(hook, destination, plan, urls)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
+        """Resume after CVATRequestTrigger: download what CVAT prepared, write the manifest."""
+        if not event or event.get("status") != "success":
+            message = (event or {}).get("message") or f"CVAT's export wait ended without a result: {event!r}"
+            raise CVATError(message)
+        destination = ObjectStoragePath(self.destination, conn_id=self.storage_conn_id)
+        plan_path = destination / PLAN_NAME
+        if not plan_path.exists():
+            raise AirflowException(
+                f"the export plan {plain_uri(plan_path)} written before deferring is gone, so the exports "
+                "cannot be matched to jobs; clear the task to export again"
+            )
+        plan = ExportPlan.from_json(plan_path.read_text())
+        uri = self._finish(self._hook(), destination, plan, event["results"])
+        plan_path.unlink(missing_ok=True)
+        return uri
+
+    def _hook(self) -> CVATHook:
+        return CVATHook(self.cvat_conn_id, status_check_period=self.status_check_period)
 
     def _validate(self) -> tuple[list[int], int | None]:
         """Refuse bad arguments before talking to CVAT or storage."""
@@ -179,15 +281,15 @@ class CVATExportOperator(BaseOperator):
             ) from None
         return destination
 
-    # -- from CVAT ----------------------------------------------------------------------------
+    # -- from CVAT: plan, start, finish -------------------------------------------------------
 
-    def _export_from_cvat(
-        self, destination: ObjectStoragePath, task_ids: list[int], project_id: int | None
-    ) -> Manifest:
-        hook = CVATHook(self.cvat_conn_id, status_check_period=self.status_check_period)
+    def _plan(
+        self, hook: CVATHook, destination: ObjectStoragePath, task_ids: list[int], project_id: int | None
+    ) -> ExportPlan:
+        """Select the work, fingerprint it, skip if unchanged, and choose task or job exports."""
+        hook.get_conn()  # log in and check the server's version before anything else
         if project_id is not None:
             task_ids = [task.id for task in hook.get_project_tasks(project_id)]
-        jobs, left_out = self._select_jobs(hook, task_ids)
         source = {
             "kind": "cvat",
             "server": hook.server_url,
@@ -196,33 +298,60 @@ class CVATExportOperator(BaseOperator):
             "project_id": project_id,
             "task_ids": task_ids,
         }
+        jobs: list[SelectedJob] = []
+        left_out: list[dict] = []
+        whole_tasks: set[int] = set()
+        for task_id in task_ids:
+            selected, skipped, whole = self._select_jobs(hook, task_id)
+            jobs += selected
+            left_out += skipped
+            if whole and self.prefer_task_exports:
+                whole_tasks.add(task_id)
         if not jobs:
             raise AirflowSkipException(self._nothing_finished(source, left_out))
 
         labels = self._labels(hook, task_ids, project_id)
         digest = self._fingerprint(hook, jobs, labels)
         self._skip_if_unchanged(destination, digest)
+        plan = ExportPlan(source, labels, digest, jobs, left_out)
+        for task_id in dict.fromkeys(job.task_id for job in jobs):
+            if task_id in whole_tasks:
+                # Restrict nothing (no frame_names): the archive holds exactly the selected frames.
+                frames = sorted({f for job in jobs if job.task_id == task_id for f in job.frames})
+                plan.units.append(ExportUnit(task_id, None, frames, []))
+            else:
+                plan.units += [
+                    ExportUnit(job.task_id, job.job_id, job.frames, job.frame_names)
+                    for job in jobs
+                    if job.task_id == task_id
+                ]
+        return plan
 
-        archives = [self._export_job(hook, destination, job) for job in jobs]
-        return self._manifest(destination, source, archives, labels, digest, left_out)
+    def _select_jobs(self, hook: CVATHook, task_id: int) -> tuple[list[SelectedJob], list[dict], bool]:
+        """The task's finished jobs, the others, and whether the finished ones are the whole task.
 
-    def _select_jobs(self, hook: CVATHook, task_ids: list[int]) -> tuple[list[SelectedJob], list[dict]]:
+        Whole means every annotation job is selected and together they hold every frame of the
+        task that is not deleted: only then is a task export the same data as the job exports.
+        """
+        meta = hook.get_task_meta(task_id)
+        names = [frame.name for frame in meta.frames]
+        deleted = set(meta.deleted_frames or [])
         selected: list[SelectedJob] = []
         left_out: list[dict] = []
-        for task_id in task_ids:
-            meta = hook.get_task_meta(task_id)
-            names = [frame.name for frame in meta.frames]
-            deleted = set(meta.deleted_frames or [])
-            for job in sorted(hook.get_jobs(task_id), key=lambda j: j.id):
-                info = {"task_id": task_id, "job_id": job.id, "type": str(job.type), "state": str(job.state)}
-                info["stage"] = str(job.stage)
-                if not self._is_finished(info):
-                    left_out.append(info)
-                    continue
-                frames = [f for f in range(job.start_frame, job.stop_frame + 1) if f not in deleted]
-                frame_names = [names[f] for f in frames if f < len(names)]
-                selected.append(SelectedJob(task_id, job.id, frames, frame_names))
-        return selected, left_out
+        unfinished_annotation_job = False
+        for job in sorted(hook.get_jobs(task_id), key=lambda j: j.id):
+            info = {"task_id": task_id, "job_id": job.id, "type": str(job.type), "state": str(job.state)}
+            info["stage"] = str(job.stage)
+            if not self._is_finished(info):
+                left_out.append(info)
+                unfinished_annotation_job |= info["type"] == "annotation"
+                continue
+            frames = [f for f in range(job.start_frame, job.stop_frame + 1) if f not in deleted]
+            frame_names = [names[f] for f in frames if f < len(names)]
+            selected.append(SelectedJob(task_id, job.id, frames, frame_names, job.stop_frame))
+        covered = {f for job in selected for f in job.frames}
+        every_frame = covered == {f for f in range(len(names)) if f not in deleted}
+        return selected, left_out, bool(selected) and not unfinished_annotation_job and every_frame
 
     def _is_finished(self, job: dict) -> bool:
         if job["type"] != "annotation":  # ground truth and consensus replicas are not training data
@@ -256,7 +385,15 @@ class CVATExportOperator(BaseOperator):
         return list(labels.values())
 
     def _fingerprint(self, hook: CVATHook, jobs: list[SelectedJob], labels: list[Label]) -> str:
-        """Hash what training would see, read cheaply from the annotations API before any export."""
+        """Hash what training would see, read cheaply from the annotations API before any export.
+
+        One annotations request per task, split by the jobs' frame ranges: the same payload as a
+        request per job, at a fraction of the requests.
+        """
+        by_task = {
+            task_id: _strip_volatile(hook.get_task_annotations(task_id))
+            for task_id in dict.fromkeys(job.task_id for job in jobs)
+        }
         payload = {
             "format": self.format,
             "labels": sorted(label.name for label in labels),
@@ -264,7 +401,7 @@ class CVATExportOperator(BaseOperator):
                 {
                     "job": job.job_id,
                     "frames": job.frame_names,
-                    "annotations": _strip_volatile(hook.get_job_annotations(job.job_id)),
+                    "annotations": _job_share(by_task[job.task_id], _job_range(job)),
                 }
                 for job in jobs
             ],
@@ -284,15 +421,36 @@ class CVATExportOperator(BaseOperator):
                 "nothing new to train on. Pass skip_unchanged=False to export anyway."
             )
 
-    def _export_job(self, hook: CVATHook, destination: ObjectStoragePath, job: SelectedJob) -> Archive:
-        what = f"export of job {job.job_id} (task {job.task_id}) as {self.format!r}"
-        rq_id = hook.start_export("jobs", job.job_id, self.format, save_images=True)
-        url = hook.wait_for_export(rq_id, timeout=self.export_timeout, what=what)
-        path = f"archives/task-{job.task_id}-job-{job.job_id}.zip"
-        self.log.info("Downloading %s into %s", what, plain_uri(destination / path))
-        size, sha = _stream_to(destination / path, hook.iter_download(url, what=what))
-        archive = Archive(path, self.format, size, sha, job.task_id, job.job_id, job.frames, job.frame_names)
-        self._check_archive(destination / path, archive, what)
+    def _start_exports(self, hook: CVATHook, plan: ExportPlan) -> dict[str, str]:
+        """Queue every export before waiting for any; rq_id → what it exports."""
+        requests: dict[str, str] = {}
+        for unit in plan.units:
+            resource, resource_id = ("tasks", unit.task_id) if unit.job_id is None else ("jobs", unit.job_id)
+            unit.rq_id = hook.start_export(resource, resource_id, self.format, save_images=True)
+            requests[unit.rq_id] = unit.what(self.format)
+        self.log.info("Started %d CVAT export(s): %s", len(requests), ", ".join(requests.values()))
+        return requests
+
+    def _finish(
+        self, hook: CVATHook, destination: ObjectStoragePath, plan: ExportPlan, urls: dict[str, str]
+    ) -> str:
+        archives = [self._download(hook, destination, unit, urls[unit.rq_id]) for unit in plan.units]
+        _remove_stale_archives(destination, {archive.path for archive in archives})
+        manifest = self._manifest(
+            destination, plan.source, archives, plan.labels, plan.fingerprint, plan.left_out, plan.jobs
+        )
+        return self._publish(destination, manifest)
+
+    def _download(
+        self, hook: CVATHook, destination: ObjectStoragePath, unit: ExportUnit, url: str
+    ) -> Archive:
+        what = unit.what(self.format)
+        self.log.info("Downloading %s into %s", what, plain_uri(destination / unit.path))
+        size, sha = _stream_to(destination / unit.path, hook.iter_download(url, what=what))
+        archive = Archive(
+            unit.path, self.format, size, sha, unit.task_id, unit.job_id, unit.frames, unit.frame_names
+        )
+        self._check_archive(destination / unit.path, archive, what)
         return archive
 
     # -- from object storage ------------------------------------------------------------------
@@ -348,7 +506,13 @@ class CVATExportOperator(BaseOperator):
         labels: list[Label],
         digest: str,
         left_out: list[dict],
+        jobs: list[SelectedJob] = (),
     ) -> Manifest:
+        """Counts read from the archives as written; which jobs and frames went in, which did not.
+
+        ``selection.jobs`` names the selected jobs and their frames whether they arrived as one
+        task archive or one archive per job, so the manifest reads the same either way.
+        """
         counts: Counter[str] = Counter()
         images = 0
         for archive in archives:
@@ -369,6 +533,7 @@ class CVATExportOperator(BaseOperator):
                 "all_jobs": self.all_jobs,
                 "job_states": list(self.job_states),
                 "job_stages": list(self.job_stages),
+                "jobs": [{"task_id": j.task_id, "job_id": j.job_id, "frames": j.frames} for j in jobs],
             },
             jobs_left_out=left_out,
             created=datetime.now(UTC).isoformat(),
@@ -424,6 +589,46 @@ def _stream_to(path: ObjectStoragePath, chunks: Iterable[bytes]) -> tuple[int, s
             size += len(chunk)
             out.write(chunk)
     return size, sha.hexdigest()
+
+
+def _remove_stale_archives(destination: ObjectStoragePath, keep: set[str]) -> None:
+    """Delete archives an earlier try left that this export does not list (a retry resumes clean)."""
+    folder = destination / "archives"
+    if not folder.exists():
+        return
+    for path in folder.iterdir():
+        if path.name.endswith(".zip") and f"archives/{path.name}" not in keep:
+            path.unlink(missing_ok=True)
+
+
+def _job_range(job: SelectedJob) -> range:
+    """The task frames a job spans, deleted ones included, as CVAT's job annotations do."""
+    start = job.frames[0] if job.frames else job.stop_frame
+    return range(min(start, job.stop_frame), job.stop_frame + 1)
+
+
+def _job_share(annotations: dict[str, Any], frames: range) -> dict[str, Any]:
+    """A job's part of its task's annotations: tags and shapes on its frames, tracks clipped to them.
+
+    Deleted frames at the start of a job are not in ``job.frames``; CVAT's job range still holds
+    them, so the range is widened to the job's stop frame from its first known frame.
+    """
+    share: dict[str, Any] = {}
+    for key, value in annotations.items():
+        if not isinstance(value, list):
+            share[key] = value
+        elif key == "tracks":
+            tracks = []
+            for track in value:
+                shapes = [s for s in track.get("shapes", []) if s.get("frame") in frames]
+                if shapes:
+                    tracks.append({**track, "shapes": shapes})
+            share[key] = tracks
+        else:
+            share[key] = [
+                item for item in value if not isinstance(item, dict) or item.get("frame", -1) in frames
+            ]
+    return share
 
 
 def _annotation_member(zf: zipfile.ZipFile, fmt: str) -> str:
