@@ -34,6 +34,7 @@ def get_provider_info() -> dict:
                 ],
             },
         ],
+        "triggers": [{"integration-name": "CVAT", "python-modules": ["airflow_cvat.triggers.cvat"]}],
         "plugins": [
             {"name": "cvat_webhook", "plugin-class": "airflow_cvat.plugins.webhook.CVATWebhookPlugin"}
         ],
