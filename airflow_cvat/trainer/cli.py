@@ -30,7 +30,7 @@ import traceback
 from typing import Any
 
 from airflow_cvat.arguments import ArgumentError, TrainingArguments, parse_arguments
-from airflow_cvat.catalog import CatalogError, ModelSpec, get_model, load_catalog
+from airflow_cvat.catalog import MODEL_OPTION, CatalogError, ModelSpec, get_model, load_catalog
 
 log = logging.getLogger("airflow_cvat.trainer")
 
@@ -117,10 +117,13 @@ def _is_bad_input(error: Exception) -> bool:
 
     if isinstance(error, DatasetError):
         return True
-    # runtime imports TensorFlow: only look at its DeviceError when it is loaded already, so a
-    # dataset error reported before training never pays for (or depends on) TensorFlow.
+    # runtime and pretrained import TensorFlow: only look at their errors when they are loaded
+    # already, so a dataset error reported before training never pays for TensorFlow.
     runtime = sys.modules.get("airflow_cvat.trainer.runtime")
-    return runtime is not None and isinstance(error, runtime.DeviceError)
+    if runtime is not None and isinstance(error, runtime.DeviceError):
+        return True
+    pretrained = sys.modules.get("airflow_cvat.trainer.pretrained")
+    return pretrained is not None and isinstance(error, pretrained.CheckpointMismatch)
 
 
 def _emit(payload: dict[str, Any], code: int, result_file: str | None = None) -> int:
@@ -205,18 +208,31 @@ def cmd_train(options) -> dict:
         from airflow_cvat.trainer.prepare import read_manifest
 
         read_manifest(options.dataset)  # a missing dataset is refused before TensorFlow loads
+    # Staged and checked against the entry before TensorFlow loads; its variables are checked
+    # against the built model before the first training step (pretrained.py).
+    base = _stage_base_checkpoint(options.base_checkpoint or spec.checkpoint, workspace)
+    _check_base(spec, args, base)
     strategy, use_gpu = _configure(args.num_clones)
     report = _prepare(workspace, options.dataset, options.validation_fraction, spec.family == "mask_rcnn")
     spec, args = _spec_and_args(options, num_images=report["train_images"])
     workspace.write_text(
         json.dumps({"model": spec.name, "arguments": options.arguments, "catalog": options.catalog}), RUN_FILE
     )
-    base = _stage_base_checkpoint(options.base_checkpoint or spec.checkpoint, workspace)
     config = _config(spec, args, workspace, report["labels"], base, use_gpu)
-    return _train_evaluate_export(workspace, spec, args, config, report["labels"], strategy, use_gpu)
+    return _train_evaluate_export(workspace, spec, args, config, report["labels"], strategy, use_gpu, base)
 
 
-def _train_evaluate_export(workspace, spec, args, config, labels, strategy, use_gpu) -> dict:
+def _base_report(workspace, base) -> dict[str, Any]:
+    """What the run started from and what initialisation restored (recorded when it ran)."""
+    from airflow_cvat.trainer import pretrained
+
+    described = base.to_dict() if base else {"weights": "random (no base weights)"}
+    recorded = workspace.pull(pretrained.REPORT)
+    restored = json.loads(recorded.read_text())["restored"] if recorded.exists() else None
+    return {**described, "restored": restored}
+
+
+def _train_evaluate_export(workspace, spec, args, config, labels, strategy, use_gpu, base=None) -> dict:
     from airflow_cvat.trainer import evaluate, export, train
 
     if train.is_trained(workspace, args):
@@ -240,6 +256,7 @@ def _train_evaluate_export(workspace, spec, args, config, labels, strategy, use_
         "arguments": args.to_dict(),
         "num_replicas": strategy.num_replicas_in_sync,
         "export_check": check,
+        "base_weights": _base_report(workspace, base),
     }
     workspace.write_text(json.dumps(result, indent=2, sort_keys=True), "result.json")
     return result
@@ -323,11 +340,11 @@ def _config(spec, args, workspace, labels, base, use_gpu):
         train=str(workspace.path("data", "train-*.tfrecord")),
         validation=str(workspace.path("data", "val-*.tfrecord")),
     )
-    return families.build_config(spec, args, len(labels), data, init_checkpoint=base, use_gpu=use_gpu)
+    return families.build_config(spec, args, len(labels), data, base=base, use_gpu=use_gpu)
 
 
-def _stage_base_checkpoint(uri: str | None, workspace) -> str | None:
-    """A local path TensorFlow can read for the base checkpoint (downloaded if remote)."""
+def _stage_base_checkpoint(uri: str | None, workspace):
+    """The base weights (a ``base.BaseWeights``, downloaded if remote), or None for random ones."""
     from airflow_cvat.trainer import base
 
     if not uri:
@@ -336,6 +353,34 @@ def _stage_base_checkpoint(uri: str | None, workspace) -> str | None:
         )
         return None
     try:
-        return base.stage_checkpoint(uri, workspace.path("base_checkpoint"))
-    except FileNotFoundError as error:
+        weights = base.stage(uri, workspace.path("base_checkpoint"))
+    except (FileNotFoundError, ValueError) as error:
         raise BadInput(str(error)) from None
+    label = "RANDOM weights (init-base)" if weights.random else f"pretrained weights from {weights.source}"
+    log.info("base: %s, reading %s (%s)", label, weights.modules_text, weights.format)
+    return weights
+
+
+def _check_base(spec: ModelSpec, args: TrainingArguments, weights) -> None:
+    """Refuse base weights that cannot fit the entry, before TensorFlow loads (exit 2).
+
+    The variable-by-variable check needs the model and runs before the first training step.
+    """
+    if weights is None:
+        return
+    keras = spec.backbone in ("inception_resnet_v2", "nasnet_large")
+    if weights.format == "keras_h5" and not keras:
+        raise BadInput(
+            f"base weights {weights.source} are Keras application weights (h5), but {spec.name} has a "
+            f"{spec.backbone} backbone: Keras h5 weights fit only the inception_resnet_v2 and "
+            "nasnet_large backbones"
+        )
+    if weights.format == "keras_h5" and weights.modules != ("backbone",):
+        raise BadInput(f"base weights {weights.source}: a Keras h5 file holds a backbone only")
+    max_level = spec.options.get(MODEL_OPTION, {}).get("max_level")
+    if max_level and args.input_size % 2**max_level:
+        # The published COCO RetinaNets have level 7, which only exists at multiples of 128.
+        raise BadInput(
+            f"{spec.name} has feature levels up to {max_level}: input_size must be a multiple of "
+            f"{2**max_level}, got {args.input_size}"
+        )

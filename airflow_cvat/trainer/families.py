@@ -4,11 +4,17 @@ One function per family, each starting from the Model Garden's own registered CO
 (``retinanet_resnetfpn_coco``, ``fasterrcnn_resnetfpn_coco``, ``maskrcnn_resnetfpn_coco``) so
 we inherit its tuned heads, anchors and losses, and then overriding what must change here:
 
-* ``init_checkpoint`` (a gs:// path by default) is set to our base checkpoint or cleared, and
-  ``annotation_file`` (a COCO file) is cleared so the evaluator builds ground truth from the
-  validation TFRecords: nothing is fetched from the network.
-* ``num_classes`` = labels + 1 (background), so a new class count gets fresh heads: only the
-  backbone and decoder are read from the base checkpoint.
+* ``init_checkpoint`` (a gs:// path by default) is set to the run's local base weights or
+  cleared, ``init_checkpoint_modules`` to what those weights provide ("backbone" from an
+  ImageNet classification checkpoint or Keras h5, "backbone,decoder" from a COCO detector or
+  init-base), and ``annotation_file`` (a COCO file) is cleared so the evaluator builds ground
+  truth from the validation TFRecords: nothing is fetched from the network.
+* ``num_classes`` = labels + 1 (background), so a new class count gets fresh heads: the heads
+  are never read from base weights.
+* A catalogue entry's ``options["model"]`` overrides ``task.model`` after the family's own
+  settings: an entry that loads a COCO decoder states there the architecture the decoder was
+  trained with (levels 3-7, the published FPN), since it loads into no other; entries without
+  it get our lighter variants (levels 3-6, the mobile head).
 * float32 on CPU; float16 mixed precision on GPU (bfloat16, the default, is for TPUs).
 """
 
@@ -24,12 +30,11 @@ from official.vision.configs import maskrcnn as maskrcnn_cfg
 from official.vision.configs import retinanet as retinanet_cfg
 
 from airflow_cvat.arguments import TrainingArguments
-from airflow_cvat.catalog import ModelSpec
+from airflow_cvat.catalog import MODEL_OPTION, ModelSpec
 from airflow_cvat.trainer import keras_backbones
+from airflow_cvat.trainer.base import BaseWeights
 
 EVAL_BATCH_SIZE = 4
-BASE_CHECKPOINT_MODULES = "backbone,decoder"
-"""What a base checkpoint holds and what fine-tuning reads from it (never the heads)."""
 
 
 @dataclass
@@ -46,19 +51,25 @@ def build_config(
     num_classes: int,
     data: DataPaths,
     *,
-    init_checkpoint: str | None = None,
+    base: BaseWeights | None = None,
     use_gpu: bool = False,
 ) -> cfg.ExperimentConfig:
-    """The experiment for ``spec`` with ``num_classes`` labels (background excluded)."""
+    """The experiment for ``spec`` with ``num_classes`` labels (background excluded).
+
+    ``base``: the weights training starts from (``pretrained.initialize`` reads the
+    ``init_checkpoint`` and ``init_checkpoint_modules`` set from it), or None for random ones.
+    """
     builders = {"retinanet": _retinanet, "faster_rcnn": _rcnn, "mask_rcnn": _rcnn}
     config = builders[spec.family](spec)
     task = config.task
+    if spec.options.get(MODEL_OPTION):
+        task.model.override(spec.options[MODEL_OPTION], is_strict=True)
     task.model.num_classes = num_classes + 1
     task.model.input_size = [args.input_size, args.input_size, 3]
     # Sync BN across replicas only on GPUs: on logical CPU devices it made a step 200x slower.
     task.model.norm_activation.use_sync_bn = use_gpu and args.num_clones > 1
-    task.init_checkpoint = init_checkpoint or ""
-    task.init_checkpoint_modules = BASE_CHECKPOINT_MODULES
+    task.init_checkpoint = base.path if base else ""
+    task.init_checkpoint_modules = base.modules_text if base else "backbone"
     task.annotation_file = None
     task.per_category_metrics = True
     dtype = "float16" if use_gpu else "float32"

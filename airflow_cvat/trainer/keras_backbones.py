@@ -86,6 +86,13 @@ def _level_layers(model: tf_keras.Model, size: int) -> dict[int, tf_keras.layers
 class KerasApplicationBackbone(tf_keras.Model):
     """A Keras application cut at strides 8/16/32, with the Model Garden's ``output_specs``."""
 
+    _application_layers: tuple[tf_keras.layers.Layer, ...] = ()
+    """The application's layers in its own order, the order its published h5 weights are in.
+
+    A class attribute so that Keras does not track the assignment in ``__init__``: the layers
+    are tracked already, and a new tracked attribute would change the checkpoint layout.
+    """
+
     def __init__(self, application: str, input_specs: tf_keras.layers.InputSpec, **kwargs):
         height, width = input_specs.shape[1], input_specs.shape[2]
         if not height or not width:
@@ -101,11 +108,17 @@ class KerasApplicationBackbone(tf_keras.Model):
             endpoints[str(lv)] = tf_keras.layers.Resizing(*size, name=f"level_{lv}_resize")(raw[str(lv)])
         super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
         self._application = application
+        self._application_layers = tuple(base.layers)
         self._output_specs = {key: value.get_shape() for key, value in endpoints.items()}
 
     @property
     def output_specs(self):
         return self._output_specs
+
+    @property
+    def application_layers(self) -> tuple[tf_keras.layers.Layer, ...]:
+        """The wrapped application's layers in the order Keras saves (and loads) its h5 weights."""
+        return self._application_layers
 
     def get_config(self):
         return {"application": self._application}
