@@ -165,6 +165,7 @@ class PrepareReport:
     keep_empty_labels: bool = False
     max_dropped_images: float = MAX_DROPPED_IMAGES
     fingerprint: str = ""
+    shapes_dropped_by_label: dict[str, Counter] = field(default_factory=dict)  # says why a label is left out
 
     def to_dict(self) -> dict:
         return {
@@ -190,6 +191,10 @@ class PrepareReport:
             "max_dropped_images": self.max_dropped_images,
             "fingerprint": self.fingerprint,
         }
+
+    def drop_shape(self, label: str, reason: str) -> None:
+        self.dropped_shapes[reason] += 1
+        self.shapes_dropped_by_label.setdefault(label, Counter())[reason] += 1
 
     def drop_image(self, record: ImageRecord, reason: str, detail: str) -> None:
         self.dropped_images[reason] += 1
@@ -243,13 +248,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_archive(
-    archive: Archive, path: Path, report: PrepareReport, others: dict[str, Counter]
-) -> list[ImageRecord]:
+def read_archive(archive: Archive, path: Path, report: PrepareReport) -> list[ImageRecord]:
     """The selected images of one export zip; those the zip lacks are dropped and listed.
 
-    Tags, points, polylines... are counted in the report and, per label, in ``others`` (to say
-    later why such a label is not a class).
+    Tags, points, polylines... (not detection shapes) are counted here, per type and per label.
     """
     with zipfile.ZipFile(path) as zf:
         _, images = read_labels_and_images(zf)
@@ -257,8 +259,7 @@ def read_archive(
     for image in iter_selected(images, archive.frame_names):
         record = _record(archive, path, image)
         for shape in image.others:
-            report.dropped_shapes[f"unsupported_{shape.type}"] += 1
-            others.setdefault(shape.label, Counter())[shape.type] += 1
+            report.drop_shape(shape.label, f"unsupported_{shape.type}")
         if not image.member:
             report.drop_image(record, "image_not_in_zip", "not in the zip: the annotations name it")
             continue
@@ -314,17 +315,16 @@ def _instance(
     shape: Shape, width: int, height: int, known_labels: set[str], report: PrepareReport
 ) -> Instance | None:
     """One shape as a training instance in pixels of the decoded image, or None (counted why)."""
-    drops = report.dropped_shapes
     if shape.label not in known_labels:
-        drops["unknown_label"] += 1
+        report.drop_shape(shape.label, "unknown_label")
         return None
     instance = _geometry(shape, width, height)
     if instance is None:
-        drops[_DEGENERATE.get(shape.type, f"degenerate_{shape.type}")] += 1
+        report.drop_shape(shape.label, _DEGENERATE.get(shape.type, f"degenerate_{shape.type}"))
         return None
     clipped = _clip(instance.box, width, height)
     if clipped is None:
-        drops["outside_image"] += 1
+        report.drop_shape(shape.label, "outside_image")
         return None
     if any(abs(a - b) > 1e-6 for a, b in zip(clipped, instance.box, strict=True)):
         report.clipped_shapes += 1
@@ -532,13 +532,14 @@ _NOT_DETECTION_TYPES = ("tag", "skeleton", "points")
 
 
 def choose_classes(
-    manifest: Manifest, plan: SplitPlan, others: dict[str, Counter], keep_empty_labels: bool
+    manifest: Manifest, plan: SplitPlan, dropped_by_label: dict[str, Counter], keep_empty_labels: bool
 ) -> tuple[list[dict], list[dict]]:
     """(classes, labels left out): a label is a class when the training split has its shapes.
 
-    ``others`` counts each label's non-detection annotations (tags, points...) to say why a
-    label was left out. With ``keep_empty_labels`` every label but tag, skeleton and points
-    labels is a class, shapes or not (the rule before subsets and counting existed).
+    ``dropped_by_label`` (the report's per-label drop counts) says why a label was left out:
+    "only tag" or "only points" for labels used only that way, the geometry otherwise. With
+    ``keep_empty_labels`` every label but tag, skeleton and points labels is a class, shapes or
+    not (the rule before subsets and counting existed).
     """
     in_train = Counter(i.label for r in plan.train for i in r.instances)
     elsewhere = Counter(i.label for r in (*plan.validation, *plan.test) for i in r.instances)
@@ -551,8 +552,14 @@ def choose_classes(
             continue
         elif elsewhere[label.name]:
             reason = "shapes only outside the training split"
-        elif label.name in others:
-            reason = "only " + ", ".join(sorted(others[label.name]))  # e.g. "only tag"
+        elif dropped := dropped_by_label.get(label.name):
+            unsupported = sorted(
+                k.removeprefix("unsupported_") for k in dropped if k.startswith("unsupported_")
+            )
+            if len(unsupported) == len(dropped):
+                reason = "only " + ", ".join(unsupported)  # e.g. "only tag", "only points, polyline"
+            else:
+                reason = "every shape dropped: " + _counts(dropped)
         else:
             reason = "no shapes"
         left_out.append({"name": label.name, "cvat_id": label.id, "reason": reason})
@@ -684,15 +691,16 @@ def prepare(
         fingerprint=manifest.fingerprint,
     )
     records: list[ImageRecord] = []
-    others: dict[str, Counter] = {}
     for archive, path in stage_archives(dataset_uri, manifest, data_dir / "_archives"):
-        records += read_archive(archive, path, report, others)
+        records += read_archive(archive, path, report)
     report.images_selected = len(records) + report.dropped_images["image_not_in_zip"]
     records = measure(records, {label.name for label in manifest.labels}, report)
     check_dropped_images(report.to_dict(), max_dropped_images)  # before any TFRecord, before training
     plan = split(records, validation_fraction, manifest.fingerprint)
     report.split = plan.to_dict()
-    report.labels, report.labels_left_out = choose_classes(manifest, plan, others, keep_empty_labels)
+    report.labels, report.labels_left_out = choose_classes(
+        manifest, plan, report.shapes_dropped_by_label, keep_empty_labels
+    )
     if not report.labels:
         raise DatasetError(
             "no label has a shape in the training split, so there is nothing to detect: "
