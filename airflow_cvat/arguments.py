@@ -27,6 +27,12 @@ interchangeable in keys, so ``stage-1-epochs`` works as the seed spelled it):
     Evaluate on the validation split every this many steps, so the report shows an AP curve,
     not one point (default: a fifth of the run, i.e. five points with the final evaluation).
     0 evaluates only at the end. Each evaluation costs one pass over the validation split.
+``max_dropped_images``
+    Share (0 to 1) of the exported images prepare may drop (not in the zip, not decodable)
+    before it refuses the dataset, before training (default 0.05).
+``keep_empty_labels``
+    true: a label without training shapes is still a detector class (default false: such labels
+    are left out of the model and listed with the reason).
 ``stage1_epochs``, ``stage2_epochs``, ``stage3_epochs``
     Mask R-CNN only: full passes over the training split for heads only, then ResNet stage 4
     and up, then all layers at a tenth of the learning rate. 0 skips a stage.
@@ -44,6 +50,8 @@ MAX_INPUT_SIZE = 2048
 SIZE_STEP = 64
 """input_size granularity: the coarsest feature level (6) of every family is 1/64 of the image."""
 MAX_CLONES = 64
+MAX_DROPPED_IMAGES = 0.05
+"""Default max_dropped_images: prepare refuses a dataset that lost more of its images."""
 EVALUATIONS_PER_RUN = 5
 """Default number of validation evaluations in a run (the last one at the end of training)."""
 
@@ -55,6 +63,8 @@ _KEYS_ALL = (
     "input_size",
     "checkpoint_steps",
     "eval_steps",
+    "max_dropped_images",
+    "keep_empty_labels",
 )
 _KEYS_STAGES = ("stage1_epochs", "stage2_epochs", "stage3_epochs")
 _ALIASES = {
@@ -100,6 +110,8 @@ class TrainingArguments:
     stage_steps: tuple[int, int, int] | None
     stage_epochs: tuple[int, int, int] | None
     steps_source: str
+    max_dropped_images: float = MAX_DROPPED_IMAGES
+    keep_empty_labels: bool = False
 
     @property
     def per_replica_batch_size(self) -> int:
@@ -201,6 +213,8 @@ def parse_arguments(
         stage_steps=stage_steps,
         stage_epochs=stage_epochs,
         steps_source=source,
+        max_dropped_images=_share(values, "max_dropped_images", MAX_DROPPED_IMAGES),
+        keep_empty_labels=_flag(values, "keep_empty_labels", False),
     )
 
 
@@ -260,6 +274,29 @@ def _float(values: dict[str, str], key: str, default: float) -> float:
     if not math.isfinite(value) or value <= 0 or value >= 10:
         raise ArgumentError(f"{key}={raw} is out of range; it must be above 0 and below 10")
     return value
+
+
+def _share(values: dict[str, str], key: str, default: float) -> float:
+    """A fraction from 0 to 1 inclusive."""
+    if key not in values:
+        return default
+    raw = values[key]
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ArgumentError(f"{key}={raw!r} is not a number; write e.g. {key}=0.05") from None
+    if not 0.0 <= value <= 1.0:
+        raise ArgumentError(f"{key}={raw} is out of range; it must be from 0 to 1 (a share, 0.05 is 5%)")
+    return value
+
+
+def _flag(values: dict[str, str], key: str, default: bool) -> bool:
+    if key not in values:
+        return default
+    raw = values[key].lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise ArgumentError(f"{key}={values[key]!r} must be true or false")
+    return raw in ("true", "1", "yes")
 
 
 def _round_size(value: int) -> int:

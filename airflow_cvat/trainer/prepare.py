@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from airflow_cvat.arguments import MAX_DROPPED_IMAGES
 from airflow_cvat.export_archive import (
     ArchiveImage,
     Shape,
@@ -75,8 +76,6 @@ SHARD_IMAGES = 512
 """Images per TFRecord shard: a few shards let several readers interleave without tiny files."""
 PREPARE_VERSION = 2
 MIN_BOX_SIDE = 1.0
-MAX_DROPPED_IMAGES = 0.05
-"""Default share of the selected images that may be dropped before prepare refuses the dataset."""
 ELLIPSE_VERTICES = 32
 LISTED_IMAGES = 20
 """How many dropped images the summary names (prepare.json lists them all)."""
