@@ -63,6 +63,18 @@ PRETRAINED_MODULES = ("backbone", "decoder")
 """What fine-tuning may read from pretrained weights; never the heads (the class count differs)."""
 
 PRETRAINED_SCHEMES = ("https", "http", "gs", "s3", "file")
+
+PULLED_MARKER = "pulled.json"
+"""Written last into ``{root}/base_models/{name}/`` by the pull: the folder is complete.
+
+Its keys: ``name``; ``source`` (the URI actually read, after mirroring); ``published`` (the
+catalogue's URI); ``format`` and ``modules`` (as in :class:`Pretrained`); ``checkpoint`` (the
+checkpoint prefix, or the .h5 file, relative to the folder); ``sha256`` / ``md5`` (of the one
+published file, as verified; None for a multi-file checkpoint prefix); ``bytes`` (read from the
+source); ``files`` ({name: {size, sha256}}); ``weights`` ("pretrained", or "random (init-base)"
+for a folder filled by ``init-base``); ``input_size``, ``config``, ``dataset`` when known.
+The trainer's ``--base-checkpoint`` takes the folder and reads this file.
+"""
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 

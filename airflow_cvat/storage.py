@@ -33,10 +33,14 @@ class IntegrityError(OSError):
 
 @dataclass(frozen=True)
 class CopyResult:
-    """What was written: byte count and sha256 of the bytes (as read from the source)."""
+    """What was written: byte count, sha256 and md5 of the bytes (as read from the source).
+
+    md5 because Keras publishes its application weights with md5 hashes only.
+    """
 
     size: int
     sha256: str
+    md5: str = ""
 
 
 def plain_uri(path: ObjectStoragePath) -> str:
@@ -65,6 +69,7 @@ class ChunkReader:
         self._chunks = iter(chunks)
         self._buffer = b""
         self._hash = hashlib.sha256()
+        self._md5 = hashlib.md5(usedforsecurity=False)
         self.size = 0
 
     def read(self, size: int = -1) -> bytes:
@@ -73,6 +78,7 @@ class ChunkReader:
             if chunk is None:
                 break
             self._hash.update(chunk)
+            self._md5.update(chunk)
             self.size += len(chunk)
             self._buffer += chunk
         if size < 0:
@@ -90,15 +96,29 @@ class ChunkReader:
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
+
+    def result(self) -> CopyResult:
+        return CopyResult(size=self.size, sha256=self.sha256, md5=self.md5)
+
 
 def check(
-    what: str, result: CopyResult, *, expected_size: int | None = None, expected_sha256: str | None = None
+    what: str,
+    result: CopyResult,
+    *,
+    expected_size: int | None = None,
+    expected_sha256: str | None = None,
+    expected_md5: str | None = None,
 ) -> None:
-    """Raise IntegrityError when ``result`` differs from what was expected."""
+    """Raise IntegrityError when ``result`` differs from what was expected (naming both)."""
     if expected_size is not None and result.size != expected_size:
         raise IntegrityError(f"{what}: got {result.size} bytes, expected {expected_size} (truncated copy?)")
     if expected_sha256 is not None and result.sha256 != expected_sha256.lower():
         raise IntegrityError(f"{what}: sha256 is {result.sha256}, expected {expected_sha256.lower()}")
+    if expected_md5 is not None and result.md5 != expected_md5.lower():
+        raise IntegrityError(f"{what}: md5 is {result.md5}, expected {expected_md5.lower()}")
 
 
 def write_stream(
@@ -107,6 +127,7 @@ def write_stream(
     *,
     expected_size: int | None = None,
     expected_sha256: str | None = None,
+    expected_md5: str | None = None,
     on_chunk: Callable[[bytes], None] | None = None,
 ) -> CopyResult:
     """Stream ``chunks`` into ``dest``, verify them, and remove ``dest`` again if they are wrong.
@@ -114,7 +135,7 @@ def write_stream(
     The size is also checked on the written object, which catches a store that silently
     truncated the upload. ``on_chunk`` sees every chunk (progress, tests).
     """
-    digest = hashlib.sha256()
+    digest, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     size = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -123,14 +144,21 @@ def write_stream(
                 if on_chunk is not None:
                     on_chunk(chunk)
                 digest.update(chunk)
+                md5.update(chunk)
                 size += len(chunk)
                 out.write(chunk)
-        result = CopyResult(size=size, sha256=digest.hexdigest())
-        check(str(dest), result, expected_size=expected_size, expected_sha256=expected_sha256)
+        result = CopyResult(size=size, sha256=digest.hexdigest(), md5=md5.hexdigest())
+        check(
+            str(dest),
+            result,
+            expected_size=expected_size,
+            expected_sha256=expected_sha256,
+            expected_md5=expected_md5,
+        )
         written = dest.stat().st_size
         if written != size:
             raise IntegrityError(f"{dest}: storage holds {written} bytes, {size} were written")
-    except IntegrityError:
+    except Exception:  # a wrong copy or a cut-off source: leave no partial file behind
         _remove_quietly(dest)
         raise
     return result

@@ -1,54 +1,62 @@
-"""BaseModelPullOperator: a catalogue model's base checkpoint, copied once into the artifact root.
+"""BaseModelPullOperator: a catalogue model's pretrained weights, copied once into the artifact root.
 
 Why a step of its own: training pods must not fetch weights from the internet on every run
 (slow, flaky, and impossible on clusters without egress), and a retried training must start
 from the same bytes. So the weights are pulled once into ``{root}/base_models/{name}/``,
-verified, and marked complete; every later run finds the marker and copies nothing.
+verified, and marked complete with ``pulled.json`` (:data:`airflow_cvat.catalog.PULLED_MARKER`),
+written last; every later run finds the marker and copies nothing. The trainer's
+``--base-checkpoint`` takes the folder and reads ``pulled.json``.
 
-How a catalogue ``checkpoint`` URI maps to files (``gs://b/p`` is read as
-``https://storage.googleapis.com/b/p``, the public Google Cloud Storage endpoint):
+Where the weights come from, in this order:
 
-``…/name.tar``, ``.tar.gz``, ``.tgz``
-    An archive (how the Model Garden publishes checkpoints). Streamed and extracted in one
-    pass; regular files only, each under its base name (folders inside are flattened). The
-    sha256, when given, is that of the archive.
-``…/folder/`` (trailing slash)
-    Every file directly in that folder (s3:// and file://, which can be listed).
-``…/ckpt-1`` (anything else)
-    A ``tf.train.Checkpoint`` prefix: ``ckpt-1.index`` and its ``ckpt-1.data-*`` shards (listed
-    on s3:// and file://; over https, which cannot be listed, ``.index`` and
-    ``.data-00000-of-00001``).
+1. the entry's ``checkpoint`` URI (a deployment's own weights; it wins over ``pretrained``);
+2. the entry's ``pretrained`` source (:class:`airflow_cvat.catalog.Pretrained`): the published
+   weights every built-in model names;
+3. nothing: the folder must already hold a checkpoint (``python -m airflow_cvat.trainer
+   init-base`` writes random weights there, for tests and the offline demo).
 
-A catalogue entry may pin the files and checksums in ``options``: ``"files": [names]`` (relative
-to the URI's folder; needed for multi-shard checkpoints over https) and ``"sha256"``: a hex
-string for an archive, or ``{file name: hex}`` for files. Without a sha256 a copy is verified by
-its size (Content-Length over https, the object's size on s3/file).
+A folder ``init-base`` filled (it holds ``base_model.json``) is used as it is even when the
+entry names published weights, with a warning that its weights are random: delete the folder
+to pull the published ones.
 
-The pulled folder always holds a ``checkpoint`` state file (written when the source had none),
-so ``tf.train.latest_checkpoint(folder)`` and the Model Garden's ``init_checkpoint`` accept the
-folder itself. The operator returns that folder's URI (XCom), e.g.
-``s3://bucket/cvat/base_models/ssd-mobilenet-v2-coco``: pass it as ``--base-checkpoint``.
+Published URIs are read through the mirror setting (:mod:`airflow_cvat.mirrors`; ``gs://b/p``
+is ``https://storage.googleapis.com/b/p``). Formats:
 
-When the catalogue gives no ``checkpoint``, the folder is expected to be filled already
-(``python -m airflow_cvat.trainer init-base --model NAME --output URI`` does that offline); the
-operator checks it holds a checkpoint and returns it.
+``checkpoint_tar`` (``…/name.tar.gz``, ``.tgz``, ``.tar``)
+    Streamed and extracted in one pass; regular files only, each under its base name. The
+    sha256/md5, when given, are those of the archive.
+``keras_h5`` (``…/name.h5``)
+    One file, verified by md5 (what Keras publishes) and/or sha256.
+``checkpoint`` (``…/ckpt-1``, or a user's ``…/folder/``)
+    ``ckpt-1.index`` and its ``ckpt-1.data-*`` shards (listed on s3:// and file://; over https,
+    which cannot be listed, ``.index`` and ``.data-00000-of-00001``). A user entry may pin the
+    files and checksums in ``options``: ``"files": [names]`` and ``"sha256"``: a hex string for an
+    archive, or ``{file name: hex}``. Without a hash a copy is verified by its size.
+
+A checkpoint folder always gets a ``checkpoint`` state file naming the prefix, so
+``tf.train.latest_checkpoint(folder)`` works too. The cache is keyed on the published URI and
+its hashes, not on the mirror: moving a mirror does not pull again.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import posixpath
 import re
 import tarfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from airflow.sdk import BaseHook, BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_cvat.catalog import CatalogError, ModelSpec, get_model, load_catalog
+from airflow_cvat import mirrors as mirror_setting
+from airflow_cvat.catalog import PULLED_MARKER, CatalogError, ModelSpec, get_model, load_catalog
 from airflow_cvat.storage import (
     CHUNK_SIZE,
     COMPLETE_MARKER,
@@ -72,28 +80,47 @@ if TYPE_CHECKING:
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 STATE_FILE = "checkpoint"
 """tf.train's checkpoint state file: names the newest prefix in a folder."""
-GCS_HTTPS = "https://storage.googleapis.com"
+INIT_BASE_DESCRIPTION = "base_model.json"
+"""What ``trainer init-base`` writes next to its (random) checkpoint."""
+NOT_COPIED = {PULLED_MARKER, COMPLETE_MARKER, INIT_BASE_DESCRIPTION, STATE_FILE}
+"""Names never taken from a source: markers and descriptions are this folder's own."""
+SETTINGS_VARIABLE = "cvat_retrain"
 
 
 class SourceUnreachable(AirflowException):
-    """The weights could not be read where the catalogue says they are."""
+    """The weights could not be read where the catalogue (or its mirror) says they are."""
 
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One file to copy: where it is read from, the name it gets, its sha256 if known."""
+    """One file to copy: where it is read from, the name it gets, its expected hashes if known."""
 
     uri: str
     name: str
     sha256: str | None = None
+    md5: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """What to pull for one model, resolved from its catalogue entry and the mirror setting."""
+
+    published: str
+    """The URI the catalogue names (the cache key)."""
+    uri: str
+    """Where it is read from: the public https form of ``published``, mirrored."""
+    format: str
+    modules: tuple[str, ...]
+    sha256: str | dict[str, str] | None = None
+    md5: str | None = None
+    checkpoint: str | None = None
+    files: tuple[str, ...] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def to_readable_uri(uri: str) -> str:
     """``gs://bucket/key`` -> the public GCS https URL; other URIs unchanged."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "gs":
-        return f"{GCS_HTTPS}/{parsed.netloc}{parsed.path}"
-    return uri
+    return mirror_setting.public_uri(uri)
 
 
 def is_http(uri: str) -> bool:
@@ -105,19 +132,23 @@ def is_archive(uri: str) -> bool:
 
 
 class BaseModelPullOperator(BaseOperator):
-    """Copy a catalogue model's base checkpoint into ``{root}/base_models/{name}/`` once, verified.
+    """Copy a catalogue model's base weights into ``{root}/base_models/{name}/`` once, verified.
 
-    :param model: catalogue name (a seed model or one from ``catalog_file``).
+    :param model: catalogue name (a built-in model or one from ``catalog_file``).
     :param root: the artifact root URI (``s3://bucket/prefix`` or ``file:///path``).
     :param catalog_file: a JSON/YAML catalogue file with the deployment's own entries.
     :param storage_conn_id: Airflow connection for the artifact root (e.g. an AWS connection).
-    :param source_conn_id: connection for reading the weights: an AWS connection for s3:// sources;
-        for https, login+password (basic auth), or password alone (a Bearer token).
+    :param source_conn_id: connection for reading the weights: an AWS connection for s3:// sources
+        (default: ``storage_conn_id``, for a mirror in the same store); for https, login+password
+        (basic auth), or password alone (a Bearer token).
+    :param mirrors: ``{public prefix: mirror prefix}`` (a mapping or its JSON). None: the
+        ``"mirrors"`` of the ``cvat_retrain`` Variable, else ``CVAT_WEIGHTS_MIRRORS``.
     :param timeout: seconds without data before an https download is abandoned.
-    :return: the URI of the pulled checkpoint folder (XCom), see the module docstring.
+    :return: the URI of the pulled folder (XCom), e.g. ``s3://bucket/cvat/base_models/NAME``:
+        pass it as ``--base-checkpoint``.
     """
 
-    template_fields: Sequence[str] = ("model", "root", "catalog_file")
+    template_fields: Sequence[str] = ("model", "root", "catalog_file", "mirrors")
     ui_color = "#f0e6fb"
 
     def __init__(
@@ -128,6 +159,7 @@ class BaseModelPullOperator(BaseOperator):
         catalog_file: str | None = None,
         storage_conn_id: str | None = None,
         source_conn_id: str | None = None,
+        mirrors: Mapping[str, str] | str | None = None,
         timeout: float = 60,
         chunk_size: int = CHUNK_SIZE,
         **kwargs: Any,
@@ -138,6 +170,7 @@ class BaseModelPullOperator(BaseOperator):
         self.catalog_file = catalog_file
         self.storage_conn_id = storage_conn_id
         self.source_conn_id = source_conn_id
+        self.mirrors = mirrors
         self.timeout = timeout
         self.chunk_size = chunk_size
 
@@ -146,18 +179,42 @@ class BaseModelPullOperator(BaseOperator):
     def execute(self, context: Context) -> str:
         spec = self._resolve()
         dest = ObjectStoragePath(self.root, conn_id=self.storage_conn_id) / "base_models" / spec.name
-        if spec.checkpoint is None:
-            return self._prefilled(spec, dest)
-        source = to_readable_uri(spec.checkpoint)
+        source = self._source(spec)
+        if source is None or (dest / INIT_BASE_DESCRIPTION).exists():
+            return self._prefilled(spec, dest, source)
         if self._is_cached(dest, source):
             self.log.info("Base model %s already pulled into %s; nothing to copy", spec.name, dest)
             return plain_uri(dest)
-        remove_marker(dest)  # a different source version, or a broken copy: no longer complete
-        self.log.info("Pulling base model %s from %s into %s", spec.name, source, dest)
-        files = self._pull(spec, source, dest)
-        files.update(self._ensure_state_file(dest, files))
-        write_marker(dest, {"model": spec.name, "source": source, "files": files})
-        self.log.info("Pulled %d file(s), %d bytes", len(files), sum(f["size"] for f in files.values()))
+        self._clear(dest)  # a different version, or a broken copy: start again from nothing
+        self.log.info(
+            "Pulling base model %s from %s (%s) into %s", spec.name, source.uri, source.format, dest
+        )
+        started = time.monotonic()
+        files, whole = self._pull(spec, source, dest)
+        checkpoint = self._checkpoint_name(spec, source, files)
+        if source.format != "keras_h5":
+            files[STATE_FILE] = self._write_state_file(dest, checkpoint)
+        copied = whole.size if whole else sum(f["size"] for n, f in files.items() if n != STATE_FILE)
+        payload = {
+            "name": spec.name,
+            "source": source.uri,
+            "published": source.published,
+            "format": source.format,
+            "modules": list(source.modules),
+            "checkpoint": checkpoint,
+            "sha256": whole.sha256 if whole else None,
+            "md5": whole.md5 if whole else None,
+            "bytes": copied,
+            "files": files,
+            "weights": "pretrained",
+            **source.details,
+        }
+        write_marker(dest, payload, PULLED_MARKER)
+        self.log.info(
+            "Pulled %s: %d file(s), %.1f MB in %.1f s; checkpoint %s, modules %s",
+            spec.name, len(files), copied / 1e6, time.monotonic() - started, checkpoint,
+            ",".join(source.modules),
+        )  # fmt: skip
         return plain_uri(dest)
 
     def _resolve(self) -> ModelSpec:
@@ -171,69 +228,208 @@ class BaseModelPullOperator(BaseOperator):
         origin = f"catalogue file {self.catalog_file}" if self.catalog_file else "the built-in catalogue"
         return f"model {spec.name!r} (from {origin})"
 
+    # -- what to pull -------------------------------------------------------------------------
+
+    def _source(self, spec: ModelSpec) -> Source | None:
+        """The entry's own ``checkpoint`` if any, else its published ``pretrained`` weights."""
+        if spec.checkpoint:
+            return self._user_source(spec)
+        pretrained = spec.pretrained
+        if pretrained is None:
+            return None
+        details = {
+            "input_size": pretrained.input_size,
+            "config": pretrained.config,
+            "dataset": pretrained.dataset,
+        }
+        return Source(
+            published=pretrained.uri,
+            uri=self._mirrored(pretrained.uri),
+            format=pretrained.format,
+            modules=pretrained.modules,
+            sha256=pretrained.sha256,
+            md5=pretrained.md5,
+            checkpoint=pretrained.checkpoint,
+            details={k: v for k, v in details.items() if v},
+        )
+
+    def _user_source(self, spec: ModelSpec) -> Source:
+        """A deployment's own checkpoint URI: an archive, a folder or a prefix (module docstring)."""
+        uri = str(spec.checkpoint)
+        sha256 = spec.options.get("sha256")
+        archive = is_archive(uri)
+        if archive and sha256 is not None and not isinstance(sha256, str):
+            raise AirflowFailException(f"{self._where(spec)}: options.sha256 of an archive is one hex string")
+        if not archive and sha256 is not None and not isinstance(sha256, dict):
+            raise AirflowFailException(
+                f"{self._where(spec)}: options.sha256 of a checkpoint is a mapping {{file name: hex}}"
+            )
+        names = spec.options.get("files")
+        modules = spec.pretrained.modules if spec.pretrained else ("backbone", "decoder")
+        return Source(
+            published=uri,
+            uri=self._mirrored(uri),
+            format="checkpoint_tar" if archive else "checkpoint",
+            modules=modules,
+            sha256=sha256,
+            files=tuple(names) if names is not None else None,
+        )
+
+    def _mirrored(self, uri: str) -> str:
+        mirrors, where = self._mirror_setting()
+        readable = mirror_setting.mirrored(uri, mirrors)
+        if readable != mirror_setting.public_uri(uri):
+            self.log.info("Reading %s from its mirror %s (mirror setting: %s)", uri, readable, where)
+        return readable
+
+    def _mirror_setting(self) -> tuple[dict[str, str], str]:
+        """The first mirror setting that is set: argument, Variable, environment."""
+        try:
+            if self.mirrors not in (None, "", {}):
+                where = "the operator's mirrors argument"
+                return mirror_setting.parse_mirrors(self.mirrors, where), where
+            settings = _settings_variable()
+            if settings.get(mirror_setting.SETTINGS_KEY):
+                where = f"the {SETTINGS_VARIABLE} Variable's {mirror_setting.SETTINGS_KEY!r}"
+                return mirror_setting.parse_mirrors(settings[mirror_setting.SETTINGS_KEY], where), where
+            where = f"the environment variable {mirror_setting.ENV_VAR}"
+            return mirror_setting.parse_mirrors(os.environ.get(mirror_setting.ENV_VAR), where), where
+        except mirror_setting.MirrorError as error:
+            raise AirflowFailException(str(error)) from None
+
     # -- cache --------------------------------------------------------------------------------
 
-    def _is_cached(self, dest: ObjectStoragePath, source: str) -> bool:
-        """Complete, from the same source, and every recorded file still has its size."""
-        marker = read_marker(dest)
-        return bool(marker and marker.get("source") == source and files_match(dest, marker.get("files", {})))
+    def _is_cached(self, dest: ObjectStoragePath, source: Source) -> bool:
+        """Complete, from the same published file (same hashes), every file still its size."""
+        marker = read_marker(dest, PULLED_MARKER)
+        if not marker or marker.get("published") != source.published or marker.get("format") != source.format:
+            return False
+        for name in ("sha256", "md5"):
+            expected = getattr(source, name)
+            if isinstance(expected, str) and marker.get(name) != expected.lower():
+                return False
+        return files_match(dest, marker.get("files", {}))
 
-    def _prefilled(self, spec: ModelSpec, dest: ObjectStoragePath) -> str:
-        """No source in the catalogue: the folder must already hold a checkpoint (init-base)."""
-        if any(name.endswith(".index") for name in _list_names(dest)):
-            self.log.info("Base model %s has no remote source; using %s", spec.name, dest)
-            return plain_uri(dest)
-        raise AirflowFailException(
-            f"{self._where(spec)} names no checkpoint URI and {dest} holds no checkpoint (*.index). "
-            f"Fill it with `python -m airflow_cvat.trainer init-base --model {spec.name} --output {dest}`, "
-            "or set 'checkpoint' for this model in a catalogue file"
-        )
+    def _clear(self, dest: ObjectStoragePath) -> None:
+        """Withdraw the marker first, then remove what an earlier or broken pull left."""
+        remove_marker(dest, PULLED_MARKER)
+        remove_marker(dest, COMPLETE_MARKER)  # the marker of earlier versions of this operator
+        for name in _list_names(dest):
+            (dest / name).unlink()
+
+    def _prefilled(self, spec: ModelSpec, dest: ObjectStoragePath, source: Source | None) -> str:
+        """No source, or a folder ``init-base`` filled: use the checkpoint that is there."""
+        names = [n for n in _list_names(dest) if n not in (PULLED_MARKER, COMPLETE_MARKER)]
+        prefixes = _prefixes(names)
+        if not prefixes and source is not None:
+            raise AirflowFailException(
+                f"{dest} holds {INIT_BASE_DESCRIPTION} but no checkpoint (*.index): delete the folder "
+                f"to pull the published weights of {self._where(spec)}, or run init-base again"
+            )
+        if not prefixes:
+            raise AirflowFailException(
+                f"{self._where(spec)} names no weights and {dest} holds no checkpoint (*.index). "
+                "Fill it with `python -m airflow_cvat.trainer init-base "
+                f"--model {spec.name} --output {dest}` (random weights), "
+                "or set 'pretrained' or 'checkpoint' for this model in a catalogue file"
+            )
+        description = _read_json(dest / INIT_BASE_DESCRIPTION)
+        random = str(description.get("weights", "")).startswith("random")
+        if source is not None:
+            self.log.warning(
+                "%s names published weights (%s), but %s was filled by init-base: using it as it is%s. "
+                "Delete the folder to pull the published weights.",
+                self._where(spec), source.published, dest, " (RANDOM weights)" if random else "",
+            )  # fmt: skip
+        checkpoint = str(description.get("checkpoint") or prefixes[-1])
+        modules = [m.strip() for m in str(description.get("modules") or "backbone,decoder").split(",")]
+        marker = read_marker(dest, PULLED_MARKER)
+        if not (
+            marker and marker.get("checkpoint") == checkpoint and marker.get("source") == plain_uri(dest)
+        ):
+            files = {name: {"size": (dest / name).stat().st_size, "sha256": None} for name in names}
+            payload = {
+                "name": spec.name,
+                "source": plain_uri(dest),
+                "published": None,
+                "format": "checkpoint",
+                "modules": modules,
+                "checkpoint": checkpoint,
+                "sha256": None,
+                "md5": None,
+                "bytes": sum(f["size"] for f in files.values()),
+                "files": files,
+                "weights": "random (init-base)" if random else "prefilled",
+            }
+            if STATE_FILE not in names:
+                payload["files"][STATE_FILE] = self._write_state_file(dest, checkpoint)
+            write_marker(dest, payload, PULLED_MARKER)
+        self.log.info("Base model %s: using the checkpoint %s already in %s", spec.name, checkpoint, dest)
+        return plain_uri(dest)
 
     # -- copying ------------------------------------------------------------------------------
 
-    def _pull(self, spec: ModelSpec, source: str, dest: ObjectStoragePath) -> dict[str, dict[str, Any]]:
-        sha256 = spec.options.get("sha256")
+    def _pull(
+        self, spec: ModelSpec, source: Source, dest: ObjectStoragePath
+    ) -> tuple[dict[str, dict[str, Any]], CopyResult | None]:
+        """Copy the files; for a single published file (tarball, h5) also its own verification."""
         try:
-            if is_archive(source):
-                if sha256 is not None and not isinstance(sha256, str):
-                    raise AirflowFailException(
-                        f"{self._where(spec)}: options.sha256 of an archive is one hex string"
-                    )
-                return self._pull_archive(source, dest, sha256)
-            if sha256 is not None and not isinstance(sha256, dict):
-                raise AirflowFailException(
-                    f"{self._where(spec)}: options.sha256 of a checkpoint is a mapping {{file name: hex}}"
-                )
-            files = self._plan(spec, source, sha256 or {})
-            return {f.name: self._pull_file(f, dest) for f in files}
+            single_sha256 = source.sha256 if isinstance(source.sha256, str) else None
+            if source.format == "checkpoint_tar":
+                return self._pull_archive(source.uri, dest, single_sha256, source.md5)
+            if source.format == "keras_h5":
+                name = posixpath.basename(urlparse(source.uri).path)
+                file = SourceFile(source.uri, name, single_sha256, source.md5)
+                result = self._pull_file(file, dest)
+                return {name: {"size": result.size, "sha256": result.sha256}}, result
+            hashes = source.sha256 if isinstance(source.sha256, dict) else {}
+            files = self._plan(source, hashes)
+            return {f.name: _file_info(self._pull_file(f, dest)) for f in files}, None
         except IntegrityError as error:
             raise AirflowException(
-                f"{self._where(spec)}: refused a copy that does not verify: {error}"
+                f"{self._where(spec)}: refused a copy that does not verify: {error}. If this repeats, the "
+                f"file at {source.uri} is not the one the catalogue names: replace it (a stale mirror copy?) "
+                "or correct the hash in the catalogue"
             ) from None
         except SourceUnreachable as error:
-            raise SourceUnreachable(f"{self._where(spec)}: {error}") from None
+            hint = self._hint(source, unreachable=True)
+            raise SourceUnreachable(f"{self._where(spec)}: {error}{hint}") from None
+        except AirflowFailException as error:
+            raise AirflowFailException(f"{self._where(spec)}: {error}{self._hint(source)}") from None
 
-    def _plan(self, spec: ModelSpec, source: str, sha256: dict[str, str]) -> list[SourceFile]:
+    def _hint(self, source: Source, unreachable: bool = False) -> str:
+        """What to do when the weights cannot be read: mirror them, or fill the mirror."""
+        if source.uri != mirror_setting.public_uri(source.published):
+            return f" (the mirror of {source.published}: copy the published file there, at the same path)"
+        if unreachable and is_http(source.uri):
+            return (
+                ". No internet on this cluster? Copy the file into your own store and map its prefix with "
+                f"'{mirror_setting.SETTINGS_KEY}' in the {SETTINGS_VARIABLE} Variable, "
+                f"e.g. {mirror_setting.EXAMPLE}"
+            )
+        return ""
+
+    def _plan(self, source: Source, sha256: dict[str, str]) -> list[SourceFile]:
         """The files of a folder or checkpoint prefix (see the module docstring)."""
-        if source.endswith("/"):
-            folder, stem = source.rstrip("/"), ""
+        if source.uri.endswith("/"):
+            folder, stem = source.uri.rstrip("/"), ""
         else:
-            folder, _, stem = source.rpartition("/")
-        names = spec.options.get("files")
-        if names is None:
-            names = self._list_source(source, folder, stem)
+            folder, _, stem = source.uri.rpartition("/")
+        names = (
+            list(source.files) if source.files is not None else self._list_source(source.uri, folder, stem)
+        )
         return [SourceFile(f"{folder}/{name}", posixpath.basename(name), sha256.get(name)) for name in names]
 
-    def _list_source(self, source: str, folder: str, stem: str) -> list[str]:
-        if is_http(source):
+    def _list_source(self, uri: str, folder: str, stem: str) -> list[str]:
+        if is_http(uri):
             if not stem:
                 raise AirflowFailException(
-                    f"cannot list the https folder {source}; point the catalogue at an archive or a "
+                    f"cannot list the https folder {uri}; point the catalogue at an archive or a "
                     "checkpoint prefix, or list its files in options.files"
                 )
             return [f"{stem}.index", f"{stem}.data-00000-of-00001"]
         try:
-            names = _list_names(ObjectStoragePath(folder + "/", conn_id=self.source_conn_id))
+            names = _list_names(ObjectStoragePath(folder + "/", conn_id=self._source_conn(uri)))
         except Exception as error:
             raise SourceUnreachable(f"cannot list {folder}/: {type(error).__name__}: {error}") from None
         if stem:
@@ -241,56 +437,83 @@ class BaseModelPullOperator(BaseOperator):
             names = [n for n in names if pattern.match(n)]
             if not any(n.endswith(".index") for n in names):
                 raise SourceUnreachable(
-                    f"no checkpoint at {source}: looked for {folder}/{stem}.index and .data-*"
+                    f"no checkpoint at {uri}: looked for {folder}/{stem}.index and .data-*"
                 )
-        elif not names:
-            raise SourceUnreachable(f"no files in {source}")
+        else:
+            names = [n for n in names if n not in NOT_COPIED]
+            if not names:
+                raise SourceUnreachable(f"no files in {uri}")
         return sorted(names)
 
-    def _pull_file(self, file: SourceFile, dest: ObjectStoragePath) -> dict[str, Any]:
+    def _pull_file(self, file: SourceFile, dest: ObjectStoragePath) -> CopyResult:
         with self._open(file.uri) as (chunks, size):
-            result = write_stream(chunks, dest / file.name, expected_size=size, expected_sha256=file.sha256)
-        return {"size": result.size, "sha256": result.sha256}
+            return write_stream(
+                chunks,
+                dest / file.name,
+                expected_size=size,
+                expected_sha256=file.sha256,
+                expected_md5=file.md5,
+            )
 
     def _pull_archive(
-        self, source: str, dest: ObjectStoragePath, sha256: str | None
-    ) -> dict[str, dict[str, Any]]:
-        """Extract while downloading; the archive's own size/sha256 are checked at the end."""
+        self, uri: str, dest: ObjectStoragePath, sha256: str | None, md5: str | None
+    ) -> tuple[dict[str, dict[str, Any]], CopyResult]:
+        """Extract while downloading; the archive's own size and hashes are checked at the end."""
         files: dict[str, dict[str, Any]] = {}
-        with self._open(source) as (chunks, size):
+        with self._open(uri) as (chunks, size):
             reader = ChunkReader(chunks)
             try:
                 with tarfile.open(fileobj=reader, mode="r|*") as archive:  # type: ignore[call-overload]
                     for member in archive:
                         name = posixpath.basename(member.name)
                         handle = archive.extractfile(member) if member.isfile() else None
-                        if handle is None or name in ("", ".", "..", COMPLETE_MARKER):
+                        if handle is None or name in ("", ".", "..") or name in NOT_COPIED:
                             continue
-                        result = write_stream(iter_chunks(handle, self.chunk_size), dest / name)
-                        files[name] = {"size": result.size, "sha256": result.sha256}
+                        if name in files:
+                            raise IntegrityError(
+                                f"{uri} holds two files named {name!r}; expected one checkpoint"
+                            )
+                        files[name] = _file_info(
+                            write_stream(iter_chunks(handle, self.chunk_size), dest / name)
+                        )
                 reader.drain()
             except tarfile.TarError as error:
-                raise IntegrityError(f"{source} is not a readable tar archive: {error}") from None
-            archive_copy = CopyResult(size=reader.size, sha256=reader.sha256)
-            check(source, archive_copy, expected_size=size, expected_sha256=sha256)
+                raise IntegrityError(f"{uri} is not a readable tar archive: {error}") from None
+            whole = reader.result()
+            check(uri, whole, expected_size=size, expected_sha256=sha256, expected_md5=md5)
         if not files:
-            raise IntegrityError(f"{source} holds no files")
-        return files
+            raise IntegrityError(f"{uri} holds no files")
+        return files, whole
 
-    def _ensure_state_file(self, dest: ObjectStoragePath, files: dict[str, dict]) -> dict[str, dict]:
-        """Write ``checkpoint`` naming the newest prefix when the source had none."""
-        if STATE_FILE in files:
-            return {}
-        prefixes = sorted((n[: -len(".index")] for n in files if n.endswith(".index")), key=_step_of)
+    def _checkpoint_name(self, spec: ModelSpec, source: Source, files: dict[str, dict]) -> str:
+        """The checkpoint prefix (or h5 file) in the folder: the named one, else the newest."""
+        if source.format == "keras_h5":
+            return next(iter(files))
+        prefixes = _prefixes(list(files))
+        if source.checkpoint:
+            if source.checkpoint not in prefixes:
+                raise AirflowFailException(
+                    f"{self._where(spec)}: {source.uri} holds no {source.checkpoint}.index (it holds "
+                    f"{sorted(files)}): the catalogue's pretrained.checkpoint names another prefix"
+                )
+            return source.checkpoint
         if not prefixes:
             raise AirflowFailException(
-                f"the pulled files {sorted(files)} hold no TensorFlow checkpoint (*.index)"
+                f"{self._where(spec)}: {source.uri} holds no TensorFlow checkpoint (*.index): {sorted(files)}"
             )
-        body = f'model_checkpoint_path: "{prefixes[-1]}"\nall_model_checkpoint_paths: "{prefixes[-1]}"\n'
+        return prefixes[-1]
+
+    def _write_state_file(self, dest: ObjectStoragePath, prefix: str) -> dict[str, Any]:
+        """``checkpoint`` naming ``prefix``, so ``tf.train.latest_checkpoint(folder)`` finds it."""
+        body = f'model_checkpoint_path: "{prefix}"\nall_model_checkpoint_paths: "{prefix}"\n'
         (dest / STATE_FILE).write_text(body)
-        return {STATE_FILE: {"size": len(body.encode()), "sha256": None}}
+        return {"size": len(body.encode()), "sha256": None}
 
     # -- sources ------------------------------------------------------------------------------
+
+    def _source_conn(self, uri: str) -> str | None:
+        """The connection for a non-https source: a mirror is often in the root's own store."""
+        return self.source_conn_id or (self.storage_conn_id if urlparse(uri).scheme == "s3" else None)
 
     @contextmanager
     def _open(self, uri: str) -> Iterator[tuple[Iterator[bytes], int | None]]:
@@ -300,10 +523,12 @@ class BaseModelPullOperator(BaseOperator):
                 size = response.headers.get("Content-Length")
                 yield _http_chunks(response, uri, self.chunk_size), (int(size) if size else None)
             return
-        path = ObjectStoragePath(uri, conn_id=self.source_conn_id)
+        path = ObjectStoragePath(uri, conn_id=self._source_conn(uri))
         try:
             size = path.stat().st_size
             handle = path.open("rb", block_size=self.chunk_size)
+        except FileNotFoundError:
+            raise AirflowFailException(f"weights not found: {uri} does not exist") from None
         except Exception as error:
             raise SourceUnreachable(f"cannot read {uri}: {type(error).__name__}: {error}") from None
         with handle:
@@ -335,6 +560,20 @@ class BaseModelPullOperator(BaseOperator):
         return {}
 
 
+def _settings_variable() -> dict[str, Any]:
+    """The deployment settings (the ``cvat_retrain`` Variable), or {} when there are none."""
+    from airflow.sdk import Variable
+
+    raw = Variable.get(SETTINGS_VARIABLE, default=None)
+    if raw in (None, ""):
+        return {}
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError as error:
+        raise AirflowFailException(f"the {SETTINGS_VARIABLE} Variable is not valid JSON: {error}") from None
+    return data if isinstance(data, dict) else {}
+
+
 def _http_chunks(response: requests.Response, url: str, chunk_size: int) -> Iterator[bytes]:
     """Body chunks; a connection cut mid-stream becomes SourceUnreachable naming the URL."""
     import requests
@@ -345,11 +584,28 @@ def _http_chunks(response: requests.Response, url: str, chunk_size: int) -> Iter
         raise SourceUnreachable(f"download of {url} was cut off: {type(error).__name__}: {error}") from None
 
 
+def _file_info(result: CopyResult) -> dict[str, Any]:
+    return {"size": result.size, "sha256": result.sha256}
+
+
 def _list_names(folder: ObjectStoragePath) -> list[str]:
     """Names of the files directly in ``folder`` (none when it does not exist)."""
     if not folder.exists():
         return []
     return [child.name for child in folder.iterdir() if child.is_file()]
+
+
+def _prefixes(names: list[str]) -> list[str]:
+    """Checkpoint prefixes among file names, oldest to newest by their step number."""
+    return sorted((n[: -len(".index")] for n in names if n.endswith(".index")), key=_step_of)
+
+
+def _read_json(path: ObjectStoragePath) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _step_of(prefix: str) -> tuple[int, str]:
