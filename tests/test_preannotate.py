@@ -1,5 +1,10 @@
 """Pre-annotation against the CVAT double (real HTTP): the trainer command and PreAnnotateOperator.
 
+Most runs call the command line's ``main`` in this process with ``FakeDetector`` (the fake
+model's answer in numpy, no TensorFlow to start); three run the real command in a subprocess
+with TensorFlow loading the SavedModel (a box model, a mask model, a bad input), and one the
+operator in a DAG run.
+
 The model is the hand-made SavedModel of ``tests/fixtures/publish.py`` (``fake_runs``): for any
 image it answers a circle (class 1, score 0.9) at normalised ``[0.25, 0.25, 0.75, 0.75]`` and a
 square (class 2, score 0.6) at ``[0.05, 0.1, 0.3, 0.4]`` (``ymin, xmin, ymax, xmax``), so pixel
@@ -10,6 +15,7 @@ square ``[16, 6, 64, 36]``. The ``mask`` variant adds 28x28 masks whose middle h
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -24,7 +30,7 @@ import pytest
 from airflow_cvat.synthetic import SyntheticFrame, generate_frame
 from airflow_cvat.trainer import preannotate as pa
 from tests.fixtures.airflow import connection_env, task_states, xcom
-from tests.fixtures.publish import LABELS
+from tests.fixtures.publish import LABELS, FakeDetector
 
 REPO = Path(__file__).resolve().parents[1]
 W, H = 160, 120
@@ -108,6 +114,42 @@ def run_cli(
     return completed.returncode, json.loads(lines[-1]), completed.stderr
 
 
+@pytest.fixture
+def annotate(model_root, monkeypatch, capsys, caplog):
+    """``run_cli`` in this process: the same ``main``, the SavedModel replaced by FakeDetector."""
+    masks = model_root / "models" / "masks"
+    monkeypatch.setattr(pa, "Detector", lambda path: FakeDetector(masks=Path(path).is_relative_to(masks)))
+    caplog.set_level(logging.INFO)
+
+    def run(
+        cvat, model_uri: str, task_id: int, *extra: str, env: dict | None = None
+    ) -> tuple[int, dict, str]:
+        for key in [k for k in os.environ if k.startswith("CVAT_")]:
+            monkeypatch.delenv(key)
+        for key, value in {"CVAT_ACCESS_TOKEN": cvat.DEFAULT_TOKEN, **(env or {})}.items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        caplog.clear()
+        code = pa.main(
+            [
+                "--model-uri",
+                model_uri,
+                "--cvat-url",
+                cvat.url,
+                "--task-id",
+                str(task_id),
+                "--batch-size",
+                "2",
+                *extra,
+            ]
+        )
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert lines, caplog.text[-3000:]
+        return code, json.loads(lines[-1]), caplog.text
+
+    return run
+
+
 def auto_shapes(cvat, task_id: int) -> list[dict[str, Any]]:
     return [s for s in cvat.annotations(task_id) if s["source"] == "auto"]
 
@@ -115,7 +157,9 @@ def auto_shapes(cvat, task_id: int) -> list[dict[str, Any]]:
 # ---- the trainer command against the double -----------------------------------------------------
 
 
-def test_new_job_gets_auto_shapes_finished_job_untouched_and_rerun_adds_nothing(cvat, model_root) -> None:
+def test_new_job_gets_auto_shapes_finished_job_untouched_and_rerun_adds_nothing(
+    cvat, model_root, annotate
+) -> None:
     task_id, finished, new = two_job_task(cvat)
     before = [s for s in cvat.annotations(task_id) if s["frame"] < 3]
     code, summary, log = run_cli(cvat, (model_root / "models" / "shapes").as_uri(), task_id)
@@ -149,17 +193,17 @@ def test_new_job_gets_auto_shapes_finished_job_untouched_and_rerun_adds_nothing(
     assert {p.param("action") for p in patches} == {"create"}
     assert all(p.path.rstrip("/") == f"/api/tasks/{task_id}/annotations" for p in patches)
 
-    code, again, _ = run_cli(cvat, (model_root / "models" / "shapes").as_uri(), task_id)
+    code, again, _ = annotate(cvat, (model_root / "models" / "shapes").as_uri(), task_id)
     assert code == 0
     assert len(auto_shapes(cvat, task_id)) == 6  # no duplicates
     assert again["frames"] == 0 and again["shapes"] == 0
     assert again["skipped_frames"]["pre_annotated"] == 3
 
 
-def test_replace_mode_swaps_old_auto_shapes_and_leaves_peoples_work(cvat, model_root) -> None:
+def test_replace_mode_swaps_old_auto_shapes_and_leaves_peoples_work(cvat, model_root, annotate) -> None:
     task_id, _, new = two_job_task(cvat)
     model = (model_root / "models" / "shapes" / "v1").as_uri()
-    assert run_cli(cvat, model, task_id)[0] == 0
+    assert annotate(cvat, model, task_id)[0] == 0
     first_ids = {s["id"] for s in auto_shapes(cvat, task_id)}
     # A person draws on frame 5 of the new job: that frame is theirs from now on.
     with cvat.lock:
@@ -169,7 +213,7 @@ def test_replace_mode_swaps_old_auto_shapes_and_leaves_peoples_work(cvat, model_
                  "points": [5, 5, 20, 20], "source": "semi-auto"}
             )
         )  # fmt: skip
-    code, summary, log = run_cli(cvat, model, task_id, "--existing", "replace")
+    code, summary, log = annotate(cvat, model, task_id, "--existing", "replace")
     assert code == 0, log[-2000:]
     shapes = auto_shapes(cvat, task_id)
     assert len(shapes) == 6 and len({s["id"] for s in shapes} & first_ids) == 2  # frame 5's kept
@@ -177,10 +221,10 @@ def test_replace_mode_swaps_old_auto_shapes_and_leaves_peoples_work(cvat, model_
     assert summary["skipped_frames"]["annotated"] == 1
 
 
-def test_missing_label_skipped_and_counted_threshold_applies(cvat, model_root) -> None:
+def test_missing_label_skipped_and_counted_threshold_applies(cvat, model_root, annotate) -> None:
     task_id, _, _ = two_job_task(cvat, labels=("circle", "triangle"))
     model = (model_root / "models" / "shapes" / "LATEST").as_uri()
-    code, summary, log = run_cli(cvat, model, task_id)
+    code, summary, log = annotate(cvat, model, task_id)
     assert code == 0, log[-2000:]
     assert summary["per_label"] == {"circle": 3}
     assert summary["skipped_labels"] == {"square": 3}
@@ -188,24 +232,24 @@ def test_missing_label_skipped_and_counted_threshold_applies(cvat, model_root) -
     assert len(auto_shapes(cvat, task_id)) == 3
 
     task_id, _, _ = two_job_task(cvat)
-    code, summary, _ = run_cli(cvat, model, task_id, "--threshold", "0.7")
+    code, summary, _ = annotate(cvat, model, task_id, "--threshold", "0.7")
     assert code == 0
     assert summary["per_label"] == {"circle": 3} and summary["skipped_labels"] == {}
     assert {s["score"] for s in auto_shapes(cvat, task_id)} == {0.9}
 
 
-def test_job_states_select_jobs_and_ground_truth_is_never_annotated(cvat, model_root) -> None:
+def test_job_states_select_jobs_and_ground_truth_is_never_annotated(cvat, model_root, annotate) -> None:
     task_id, finished, new = two_job_task(cvat)
     cvat.set_job(new, state="in progress")
     cvat.add_ground_truth_job(task_id, [3, 4])
     model = (model_root / "models" / "shapes").as_uri()
-    code, summary, _ = run_cli(cvat, model, task_id)
+    code, summary, _ = annotate(cvat, model, task_id)
     assert code == 0 and summary["jobs"] == [] and summary["frames"] == 0
-    code, summary, _ = run_cli(cvat, model, task_id, "--job-states", "new,in progress")
+    code, summary, _ = annotate(cvat, model, task_id, "--job-states", "new,in progress")
     assert code == 0 and summary["jobs"] == [new] and summary["frames"] == 3
 
 
-def test_mask_model_uploads_polygons_or_cvat_masks(cvat, model_root) -> None:
+def test_mask_model_uploads_polygons_or_cvat_masks(cvat, model_root, annotate) -> None:
     from cvat_sdk.masks import decode_mask
 
     task_id, _, _ = two_job_task(cvat)
@@ -221,7 +265,7 @@ def test_mask_model_uploads_polygons_or_cvat_masks(cvat, model_root) -> None:
     assert min(ys) == pytest.approx(45, abs=1.5) and max(ys) == pytest.approx(75, abs=1.5)
 
     task_id, _, _ = two_job_task(cvat)
-    code, summary, log = run_cli(cvat, model, task_id, "--masks", "mask")
+    code, summary, log = annotate(cvat, model, task_id, "--masks", "mask")
     assert code == 0, log[-2000:]
     masks = auto_shapes(cvat, task_id)
     assert {s["type"] for s in masks} == {"mask"}
@@ -242,25 +286,37 @@ def test_mask_model_uploads_polygons_or_cvat_masks(cvat, model_root) -> None:
         (["--task", "999"], {}, "CVAT answered 404 for task 999"),
     ],
 )
-def test_bad_input_exits_2_with_a_clear_json_error(cvat, model_root, tmp_path, args, env, message) -> None:
+def test_bad_input_exits_2_with_a_clear_json_error(
+    cvat, model_root, annotate, tmp_path, args, env, message
+) -> None:
     task_id, _, _ = two_job_task(cvat)
     model = (model_root / "models" / "shapes").as_uri()
     if "--model" in args:
         model, args = (tmp_path / "nothing").as_uri(), []
     if "--task" in args:
         task_id, args = 999, []
-    code, result, _ = run_cli(cvat, model, task_id, *args, env=env)
+    code, result, _ = annotate(cvat, model, task_id, *args, env=env)
     assert code == 2
     assert result["status"] == "error" and message in result["error"]
     assert not auto_shapes(cvat, 1)
 
 
-def test_a_failed_upload_is_checked_not_sent_twice(cvat, model_root) -> None:
+def test_the_command_exits_2_with_a_json_error(cvat, model_root) -> None:
+    """The process itself, once: bad input is exit status 2 and one JSON line."""
+    task_id, _, _ = two_job_task(cvat)
+    code, result, _ = run_cli(
+        cvat, (model_root / "models" / "shapes").as_uri(), task_id, "--threshold", "1.5"
+    )
+    assert code == 2
+    assert result["status"] == "error" and "--threshold must be within 0..1" in result["error"]
+
+
+def test_a_failed_upload_is_checked_not_sent_twice(cvat, model_root, annotate) -> None:
     """The first create answers 503 *after* CVAT stored it? No: the double answers before storing;
     the point is that the retry path reads the job's annotations and then sends what is missing."""
     task_id, _, _ = two_job_task(cvat)
     cvat.fail_next("PATCH", r"/annotations", 503)
-    code, summary, log = run_cli(cvat, (model_root / "models" / "shapes").as_uri(), task_id)
+    code, summary, log = annotate(cvat, (model_root / "models" / "shapes").as_uri(), task_id)
     assert code == 0, log[-2000:]
     assert "checking what arrived" in log
     assert len(auto_shapes(cvat, task_id)) == 6 and summary["shapes"] == 6
