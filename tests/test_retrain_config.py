@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import jsonschema
 import pytest
 
 from airflow_cvat.arguments import ARGUMENTS_PATTERN, ArgumentError, split_arguments
-from airflow_cvat.retrain_config import IDS_PATTERN, ConfigError, has_source, parse_ids, resolve
+from airflow_cvat.retrain_config import (
+    IDS_PATTERN,
+    ConfigError,
+    has_source,
+    parse_ids,
+    resolve,
+    scheduled_skip_reason,
+)
 
 DEFAULTS = {"root": "file:///data/cvat", "model": "ssd-mobilenet-v2-coco", "execution": "local"}
 
@@ -180,3 +188,17 @@ def test_a_run_naming_its_source_replaces_the_nightly_source():
 )
 def test_has_source_decides_whether_a_scheduled_run_has_work(conf, settings, expected):
     assert has_source(conf, settings) is expected
+
+
+def test_a_scheduled_run_without_source_is_told_what_to_set():
+    now = datetime(2026, 1, 2, 2, 0, 5, tzinfo=UTC)
+    reason = scheduled_skip_reason({}, {"root": "s3://b"}, due=now, started=now)
+    assert reason and "cvat_retrain Variable" in reason and "task_ids" in reason and "project_id" in reason
+
+
+def test_a_scheduled_run_starting_hours_late_is_the_unpause_catch_up_and_skips():
+    due = datetime(2026, 1, 2, 2, 0, tzinfo=UTC)
+    on_time = scheduled_skip_reason({}, {"project_id": 4}, due=due, started=due + timedelta(minutes=20))
+    late = scheduled_skip_reason({}, {"project_id": 4}, due=due, started=due + timedelta(hours=14))
+    assert on_time is None
+    assert late and "14.0 h after it was due" in late and "unpaused" in late
