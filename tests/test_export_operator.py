@@ -387,3 +387,104 @@ def test_manifest_round_trips_and_rejects_unknown_schema():
     data = json.loads(manifest.to_json()) | {"schema": 99}
     with pytest.raises(ValueError, match="schema 99"):
         Manifest.from_json(json.dumps(data))
+
+
+# -- deferrable: the wait runs in the trigger, not in a worker slot --------------------------
+
+
+def test_deferred_export_resumes_from_its_trigger(cvat, export, tmp_path: Path, capfd, caplog):
+    task_id, _ = finished_task(cvat, finished=2)
+    cvat.export_polls_before_finish = 3
+    destination = tmp_path / "d" / "run"
+
+    run = export(task_ids=[task_id], deferrable=True, destination=f"file://{destination}")
+
+    assert task_states(run) == {"export": "success"}
+    manifest = load_manifest(xcom(run, "export"))
+    assert manifest.images == 10
+    assert [a.path for a in manifest.archives] == [f"archives/task-{task_id}.zip"]
+    assert not (destination / "export-plan.json").exists()  # the plan is gone once the manifest is there
+    # Every status poll came from the trigger (httpx), with the token it read from the connection.
+    polls = cvat.requests_to("GET", r"^/api/requests/")
+    assert len(polls) == 4  # three "started", then "finished"
+    assert all("httpx" in (r.header("User-Agent") or "") for r in polls)
+    assert all(r.header("Authorization") == f"Bearer {cvat.token}" for r in polls)
+    assert "running trigger in line" in caplog.text  # the task deferred, then resumed
+    assert cvat.token not in "".join(capfd.readouterr()) + caplog.text
+
+
+def test_deferred_export_failure_names_the_task_and_cvats_message(cvat, export, tmp_path: Path, capfd):
+    task_id, _ = finished_task(cvat, finished=2)
+    cvat.fail_exports("Not enough disk space on the export worker")
+
+    text = failed_with(
+        export(task_ids=[task_id], deferrable=True, destination=f"file://{tmp_path}/d/r"), capfd
+    )
+
+    assert (
+        f"failed export of task {task_id} as 'COCO 1.0': Not enough disk space on the export worker" in text
+    )
+    assert not (tmp_path / "d" / "r" / "manifest.json").exists()
+
+
+def test_trigger_carries_no_secret_and_logs_in_with_a_password(cvat_double, monkeypatch):
+    import asyncio
+
+    from airflow_cvat.triggers.cvat import CVATRequestTrigger
+
+    cvat_double.add_organization("team-a")
+    task_id = cvat_double.add_task("org-task", frames=4, segment_size=4, organization="team-a")
+    key, value = connection_env(
+        "cvat_team",
+        conn_type="cvat",
+        host=cvat_double.url,
+        login=cvat_double.DEFAULT_USERNAME,
+        password=cvat_double.DEFAULT_PASSWORD,
+        extra={"organization": "team-a"},
+    )
+    monkeypatch.setenv(key, value)
+    import requests
+
+    started = requests.post(
+        f"{cvat_double.url}/api/tasks/{task_id}/dataset/export",
+        params={"format": "COCO 1.0", "save_images": "true"},
+        auth=(cvat_double.DEFAULT_USERNAME, cvat_double.DEFAULT_PASSWORD),
+        headers={"X-Organization": "team-a"},
+    )
+    rq_id = started.json()["rq_id"]
+    trigger = CVATRequestTrigger({rq_id: f"export of task {task_id}"}, "cvat_team", poll_interval=0.05)
+
+    classpath, kwargs = trigger.serialize()
+    assert cvat_double.DEFAULT_PASSWORD not in json.dumps(kwargs)
+    events = asyncio.run(collect(type(trigger)(**kwargs).run()))
+
+    assert classpath == "airflow_cvat.triggers.cvat.CVATRequestTrigger"
+    assert [e.payload["status"] for e in events] == ["success"]
+    assert events[0].payload["results"][rq_id].startswith(f"{cvat_double.url}/api/tasks/{task_id}/")
+    polls = cvat_double.requests_to("GET", r"^/api/requests/")
+    assert polls and all(r.header("X-Organization") == "team-a" for r in polls)
+
+
+def test_trigger_gives_up_at_its_deadline_with_the_last_status(cvat_double, monkeypatch):
+    import asyncio
+
+    from airflow_cvat.triggers.cvat import CVATRequestTrigger
+
+    key, value = connection_env(
+        "cvat_default", conn_type="cvat", host=cvat_double.url, password=cvat_double.DEFAULT_TOKEN
+    )
+    monkeypatch.setenv(key, value)
+    cvat_double.fail_next("GET", r"^/api/requests/", 503, times=2)
+    cvat_double.fail_next("GET", r"^/api/requests/", 404, times=1, body={"detail": "Not found."})
+    trigger = CVATRequestTrigger({"rq-unknown": "export of job 4 (task 2)"}, poll_interval=0.05, retries=3)
+
+    events = asyncio.run(collect(trigger.run()))
+
+    assert [e.payload["status"] for e in events] == ["error"]
+    message = events[0].payload["message"]
+    assert "answered 404 for the status of export of job 4 (task 2)" in message
+    assert len(cvat_double.requests_to("GET", r"^/api/requests/")) == 3  # two 503s retried, then the 404
+
+
+async def collect(events):
+    return [event async for event in events]
