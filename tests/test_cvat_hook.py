@@ -67,10 +67,58 @@ def test_test_connection_reports_version_and_user(hook, cvat_double):
 
 def test_test_connection_with_a_rejected_token(cvat_double, monkeypatch):
     monkeypatch.setenv(
-        *connection_env("cvat_default", conn_type="cvat", host=cvat_double.url, password="bad")
+        *connection_env("cvat_default", conn_type="cvat", host=cvat_double.url, password="bad-token-123")
     )
     ok, message = CVATHook().test_connection()
-    assert not ok and "401" in message and "bad" not in message.replace("bad)", "")
+    assert not ok and message.startswith("Credentials rejected") and "personal access token" in message
+    assert "bad-token-123" not in message
+
+
+def test_test_connection_with_a_rejected_password(cvat_double, monkeypatch):
+    env = connection_env(
+        "cvat_default", conn_type="cvat", host=cvat_double.url, login="annotator", password="wrong-pw"
+    )
+    monkeypatch.setenv(*env)
+    ok, message = CVATHook().test_connection()
+    assert not ok and message.startswith("Credentials rejected") and "user 'annotator'" in message
+    assert "wrong-pw" not in message
+
+
+def test_test_connection_with_an_unreachable_server(monkeypatch):
+    from tests.fixtures.servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv(*connection_env("cvat_default", conn_type="cvat", host=url, password="x"))
+    ok, message = CVATHook(retry_backoff=0.01).test_connection()
+    assert not ok and message.startswith(f"Server unreachable: no answer from {url}")
+
+
+def test_test_connection_with_an_unknown_organization(cvat_double, monkeypatch):
+    """CVAT answers 404 "<slug> organization does not exist." to an unknown X-Organization."""
+    conn = connection_env(
+        "cvat_default",
+        conn_type="cvat",
+        host=cvat_double.url,
+        password=cvat_double.DEFAULT_TOKEN,
+        extra={"organization": "no-such-team"},
+    )
+    monkeypatch.setenv(*conn)
+    ok, message = CVATHook().test_connection()
+    assert not ok and message.startswith("Organization unknown") and "'no-such-team'" in message
+
+
+def test_test_connection_in_an_organization(cvat_double, monkeypatch):
+    cvat_double.add_organization("team-a")
+    conn = connection_env(
+        "cvat_default",
+        conn_type="cvat",
+        host=cvat_double.url,
+        password=cvat_double.DEFAULT_TOKEN,
+        extra={"organization": "team-a"},
+    )
+    monkeypatch.setenv(*conn)
+    ok, message = CVATHook().test_connection()
+    assert ok and "in organization 'team-a'" in message
 
 
 def test_missing_token_is_explained(cvat_double, monkeypatch):

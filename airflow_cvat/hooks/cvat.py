@@ -269,12 +269,54 @@ class CVATHook(BaseHook):
         self.server_version = about.version
 
     def test_connection(self) -> tuple[bool, str]:
-        """Used by the Airflow UI's Test button: logs in, checks the version, reads the user."""
+        """The UI's Test button (shown with ``AIRFLOW__CORE__TEST_CONNECTION=Enabled``).
+
+        Logs in, checks the version, reads the user in the chosen organization, and says in one
+        sentence what is wrong: the server unreachable, the token or password rejected, the
+        organization unknown. One retry only: a person is waiting for the answer.
+        """
+        self.retries = min(self.retries, 1)
         try:
             user, _ = self.client.api_client.users_api.retrieve_self()
         except Exception as err:  # the UI shows the message; nothing else can be done with it
-            return False, str(err)
-        return True, f"Connected to CVAT {self.server_version} at {self.server_url} as {user.username}"
+            return False, self._diagnosis(err)
+        where = f" in organization {self.organization!r}" if self.organization else ""
+        return True, f"Connected to CVAT {self.server_version} at {self.server_url} as {user.username}{where}"
+
+    def _diagnosis(self, err: Exception) -> str:
+        """What a failed connection test means, from the status CVAT answered (if it answered)."""
+        from cvat_sdk.api_client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        cause = err if isinstance(err, ApiException | HTTPError) else err.__context__
+        url, login = self.server_url, self._connection.login
+        if isinstance(cause, HTTPError):
+            return (
+                f"Server unreachable: no answer from {url} ({type(cause).__name__}). Check the Server "
+                "URL (scheme, host, port) and that CVAT is up; for a self-signed certificate switch off "
+                "Verify TLS."
+            )
+        status = getattr(cause, "status", None)
+        detail = _cvat_detail(getattr(cause, "body", None))
+        if status == 401 or (status == 400 and login):
+            secret = f"the password of user {login!r}" if login else "the personal access token"
+            return (
+                f"Credentials rejected: CVAT at {url} refused {secret} ({detail}). Create a new token in "
+                "CVAT (avatar menu → Settings → Security → access tokens), paste it as the Password and "
+                "leave Login empty."
+            )
+        if status == 404 and self.organization and "organization" in detail:
+            return (
+                f"Organization unknown: CVAT at {url} has no organization {self.organization!r}. Use its "
+                "short name (slug) as CVAT shows it in the organization menu, or leave Organization empty "
+                "for the personal workspace."
+            )
+        if status == 403 and self.organization:
+            return (
+                f"Not a member: this user may not use organization {self.organization!r} on {url} "
+                f"({detail}). Ask an organization admin to invite the user, or fix the Organization field."
+            )
+        return str(err)
 
     @contextmanager
     def _errors(self, resource: str) -> Iterator[None]:
