@@ -112,12 +112,13 @@ def _rewrite_images(folder: Path, count: int | None) -> None:
 
 
 def test_corrupt_images_through_the_cli(tmp_path):
-    """The rule (prepare.py): a corrupt image is skipped and listed; none left to train on: exit 2."""
+    """The rule (prepare.py): a corrupt image is skipped and listed; above max_dropped_images: exit 2."""
     make_dataset(tmp_path / "some", 6, size=64)
     _rewrite_images(tmp_path / "some", 1)
     code, result, _ = run_trainer(
-        "prepare", "--dataset", str(tmp_path / "some"), "--output", str(tmp_path / "a"), timeout=180
-    )
+        "prepare", "--dataset", str(tmp_path / "some"), "--output", str(tmp_path / "a"),
+        "--model", "ssd-mobilenet-v2-coco", "--arguments", "max_dropped_images=0.2", timeout=180,
+    )  # fmt: skip
     assert code == 0 and result["train_images"] + result["validation_images"] == 5
     assert len(result["skipped_images"]) == 1 and "cannot decode" in result["skipped_images"][0]["reason"]
 
@@ -127,7 +128,7 @@ def test_corrupt_images_through_the_cli(tmp_path):
         "prepare", "--dataset", str(tmp_path / "all"), "--output", str(tmp_path / "b"), timeout=180
     )
     assert code == 2 and result["status"] == "error"
-    assert "do not decode" in result["error"] and "split is empty" in result["error"]
+    assert "4 do not decode" in result["error"] and "max_dropped_images" in result["error"]
 
 
 def test_too_few_images_for_a_validation_split(tmp_path):

@@ -163,11 +163,12 @@ def cmd_prepare(options) -> dict:
     from airflow_cvat.trainer.storage import Workspace
 
     _check_fraction(options.validation_fraction)
-    with_masks = False
+    with_masks, args = False, None
     if options.model:
-        with_masks = _spec_and_args(options)[0].family == "mask_rcnn"
+        spec, args = _spec_and_args(options)
+        with_masks = spec.family == "mask_rcnn"
     workspace = Workspace(options.output)
-    report = _prepare(workspace, options.dataset, options.validation_fraction, with_masks)
+    report = _prepare(workspace, options.dataset, options.validation_fraction, with_masks, args)
     return {"status": "ok", "output": workspace.uri, "data": workspace.uri_of("data"), **report}
 
 
@@ -177,23 +178,28 @@ def _check_fraction(fraction: float) -> None:
     check_validation_fraction(fraction)
 
 
-def _prepare(workspace, dataset: str, fraction: float, with_masks: bool) -> dict:
+def _prepare(
+    workspace, dataset: str, fraction: float, with_masks: bool, args: TrainingArguments | None = None
+) -> dict:
+    """prepare.json's report; ``args`` carries max_dropped_images and keep_empty_labels (defaults without)."""
+    from airflow_cvat.arguments import MAX_DROPPED_IMAGES
     from airflow_cvat.trainer import prepare
 
+    rules = {
+        "keep_empty_labels": args.keep_empty_labels if args else False,
+        "max_dropped_images": args.max_dropped_images if args else MAX_DROPPED_IMAGES,
+    }
     data_dir = workspace.pull("data")
-    report = prepare.is_prepared(data_dir, with_masks, fraction)
+    report = prepare.is_prepared(data_dir, with_masks, fraction, **rules)
     if report is not None:
         log.info("prepare: already complete in %s, skipping", workspace.uri_of("data"))
+        log.info("prepare: %s", prepare.summary_line(report))
         return report
     started = time.monotonic()
-    result = prepare.prepare(dataset, data_dir, validation_fraction=fraction, with_masks=with_masks).to_dict()
-    log.info(
-        "prepare: %d train / %d validation images, %d objects in %.1f s",
-        result["train_images"],
-        result["validation_images"],
-        result["objects"],
-        time.monotonic() - started,
-    )
+    result = prepare.prepare(
+        dataset, data_dir, validation_fraction=fraction, with_masks=with_masks, **rules
+    ).to_dict()
+    log.info("prepare: done in %.1f s", time.monotonic() - started)  # prepare logged its summary line
     workspace.push("data")
     return result
 
@@ -213,13 +219,25 @@ def cmd_train(options) -> dict:
     base = _stage_base_checkpoint(options.base_checkpoint or spec.checkpoint, workspace)
     _check_base(spec, args, base)
     strategy, use_gpu = _configure(args.num_clones)
-    report = _prepare(workspace, options.dataset, options.validation_fraction, spec.family == "mask_rcnn")
+    report = _prepare(
+        workspace, options.dataset, options.validation_fraction, spec.family == "mask_rcnn", args
+    )
     spec, args = _spec_and_args(options, num_images=report["train_images"])
     workspace.write_text(
         json.dumps({"model": spec.name, "arguments": options.arguments, "catalog": options.catalog}), RUN_FILE
     )
     config = _config(spec, args, workspace, report["labels"], base, use_gpu)
-    return _train_evaluate_export(workspace, spec, args, config, report["labels"], strategy, use_gpu, base)
+    result = _train_evaluate_export(workspace, spec, args, config, report["labels"], strategy, use_gpu, base)
+    return _with_prepared(workspace, result, report)
+
+
+def _with_prepared(workspace, result: dict, report: dict) -> dict:
+    """The result with what training really used under ``prepared`` (split, drops; prepare.summary)."""
+    from airflow_cvat.trainer import prepare
+
+    result = {**result, "prepared": {**prepare.summary(report), "line": prepare.summary_line(report)}}
+    workspace.write_text(json.dumps(result, indent=2, sort_keys=True), "result.json")
+    return result
 
 
 def _base_report(workspace, base) -> dict[str, Any]:
