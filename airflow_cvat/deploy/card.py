@@ -54,6 +54,8 @@ def card_json(
         "labels": labels,
         "metrics": metrics,
         "data": data,
+        # what training really used (the trainer's prepare.json summary): split and every drop
+        "training_data": result.get("prepared"),
         "tflite": tflite,
         "files": files,
     }
@@ -69,6 +71,34 @@ def metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for name, values in sorted((metrics.get("per_class") or {}).items()):
         rows.append((name, *(_number((values or {}).get(k)) for k in ("AP", "AP50", "AP75"))))
     return rows
+
+
+def training_data_lines(prepared: dict[str, Any] | None) -> list[str]:
+    """Markdown for what training used: the split and what was dropped, by reason (never silent)."""
+    if not prepared:
+        return ["", "## Training data", "", "- the training run did not report its split and drops"]
+    images = prepared.get("images") or {}
+
+    def counts(values: dict[str, int] | None) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted((values or {}).items())) or "none"
+
+    lines = [
+        "",
+        "## Training data",
+        "",
+        f"- split: {(prepared.get('split') or {}).get('description')}",
+        f"- images: {images.get('train')} train, {images.get('validation')} validation, "
+        f"{images.get('test')} test, of {images.get('selected')} selected",
+        f"- dropped images: {counts(prepared.get('dropped_images'))}",
+        f"- dropped shapes: {counts(prepared.get('dropped_shapes'))}; "
+        f"clipped to the image: {prepared.get('clipped_shapes', 0)}",
+    ]
+    left_out = prepared.get("labels_left_out") or []
+    lines.append(
+        "- labels left out of the model: "
+        + (", ".join(f"{e['name']} ({e['reason']})" for e in left_out) if left_out else "none")
+    )
+    return lines
 
 
 def card_markdown(card: dict[str, Any]) -> str:
@@ -110,6 +140,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         ]
     else:
         lines.append("- no dataset manifest was given to the publish step")
+    lines += training_data_lines(card.get("training_data"))
     tflite = card.get("tflite") or {}
     lines += [
         "",

@@ -222,7 +222,11 @@ class LocalTrainingOperator(LocalCommand, TrainingParams, BaseOperator):
             prefix="cvat-train-",
             message="Running the trainer: %s",
         )
-        return checked_result(finished, result, command="the trainer", work="training")
+        result = checked_result(finished, result, command="the trainer", work="training")
+        prepared = result.get("prepared") or {}
+        if prepared.get("line"):  # the split and every drop, once, where people read the task log
+            self.log.info("Training data: %s", prepared["line"])
+        return result
 
 
 # -- Kubernetes --------------------------------------------------------------------------------
