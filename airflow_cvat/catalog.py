@@ -376,14 +376,14 @@ SEED_MODELS: tuple[ModelSpec, ...] = (
         "frcnn-inc-resv2-atr-coco",
         "inception_resnet_v2",
         "Faster R-CNN, Inception-ResNet-v2 (atrous): for dense, complicated images. ImageNet weights "
-        "of the Keras application (h5, loaded by layer name).",
+        "of the Keras application (h5), backbone only.",
         pretrained=INCEPTION_RESNET_V2_IMAGENET,
     ),
     _faster_rcnn(
         "frcnn-nas-coco",
         "nasnet_large",
         "Faster R-CNN, NASNet-Large: the most accurate and by far the slowest; needs 2+ GPUs. ImageNet "
-        "weights of the Keras application (h5, loaded by layer name).",
+        "weights of the Keras application (h5), backbone only.",
         min_clones=2,
         pretrained=NASNET_LARGE_IMAGENET,
     ),

@@ -284,13 +284,17 @@ def test_file_prefix_is_copied_verified_marked_and_cached(tmp_path: Path) -> Non
 
 def test_checkpoint_uri_wins_over_pretrained(tmp_path: Path, mirrored) -> None:
     files = make_checkpoint(tmp_path / "src", prefix="ckpt-3")
+    dest = tmp_path / "root" / "base_models" / "retinanet-resnet50fpn-coco"
+    make_checkpoint(dest)  # an old init-base folder: an entry's own checkpoint replaces it
+    (dest / "base_model.json").write_text('{"weights": "random (init-base)"}')
     entry = {
         **get_model("retinanet-resnet50fpn-coco").to_dict(),
         "checkpoint": f"file://{tmp_path}/src/ckpt-3",
     }
     pull_model(tmp_path, "retinanet-resnet50fpn-coco", catalog=write_catalog(tmp_path / "c.json", entry))
-    dest = tmp_path / "root" / "base_models" / "retinanet-resnet50fpn-coco"
     assert (dest / "ckpt-3.index").read_bytes() == files["ckpt-3.index"]
+    assert not (dest / "ckpt-1.index").exists() and not (dest / "base_model.json").exists()
+    assert marker(dest)["weights"] == "pretrained"
     assert marker(dest)["modules"] == ["backbone", "decoder"]
     assert not mirrored.requests
 

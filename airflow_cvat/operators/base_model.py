@@ -179,9 +179,9 @@ class BaseModelPullOperator(BaseOperator):
     def execute(self, context: Context) -> str:
         spec = self._resolve()
         dest = ObjectStoragePath(self.root, conn_id=self.storage_conn_id) / "base_models" / spec.name
+        if not spec.checkpoint and (spec.pretrained is None or (dest / INIT_BASE_DESCRIPTION).exists()):
+            return self._prefilled(spec, dest)
         source = self._source(spec)
-        if source is None or (dest / INIT_BASE_DESCRIPTION).exists():
-            return self._prefilled(spec, dest, source)
         if self._is_cached(dest, source):
             self.log.info("Base model %s already pulled into %s; nothing to copy", spec.name, dest)
             return plain_uri(dest)
@@ -230,13 +230,12 @@ class BaseModelPullOperator(BaseOperator):
 
     # -- what to pull -------------------------------------------------------------------------
 
-    def _source(self, spec: ModelSpec) -> Source | None:
+    def _source(self, spec: ModelSpec) -> Source:
         """The entry's own ``checkpoint`` if any, else its published ``pretrained`` weights."""
         if spec.checkpoint:
             return self._user_source(spec)
         pretrained = spec.pretrained
-        if pretrained is None:
-            return None
+        assert pretrained is not None  # execute() took the prefilled path otherwise
         details = {
             "input_size": pretrained.input_size,
             "config": pretrained.config,
@@ -317,11 +316,16 @@ class BaseModelPullOperator(BaseOperator):
         for name in _list_names(dest):
             (dest / name).unlink()
 
-    def _prefilled(self, spec: ModelSpec, dest: ObjectStoragePath, source: Source | None) -> str:
-        """No source, or a folder ``init-base`` filled: use the checkpoint that is there."""
+    def _prefilled(self, spec: ModelSpec, dest: ObjectStoragePath) -> str:
+        """No source, or a folder ``init-base`` filled: use the checkpoint that is there.
+
+        Why init-base's folder wins over the published weights (not over an entry's own
+        ``checkpoint``): the offline demo and the tests fill it on purpose; the log says so.
+        """
+        published = spec.pretrained.uri if spec.pretrained else None
         names = [n for n in _list_names(dest) if n not in (PULLED_MARKER, COMPLETE_MARKER)]
         prefixes = _prefixes(names)
-        if not prefixes and source is not None:
+        if not prefixes and published:
             raise AirflowFailException(
                 f"{dest} holds {INIT_BASE_DESCRIPTION} but no checkpoint (*.index): delete the folder "
                 f"to pull the published weights of {self._where(spec)}, or run init-base again"
@@ -335,11 +339,11 @@ class BaseModelPullOperator(BaseOperator):
             )
         description = _read_json(dest / INIT_BASE_DESCRIPTION)
         random = str(description.get("weights", "")).startswith("random")
-        if source is not None:
+        if published:
             self.log.warning(
                 "%s names published weights (%s), but %s was filled by init-base: using it as it is%s. "
                 "Delete the folder to pull the published weights.",
-                self._where(spec), source.published, dest, " (RANDOM weights)" if random else "",
+                self._where(spec), published, dest, " (RANDOM weights)" if random else "",
             )  # fmt: skip
         checkpoint = str(description.get("checkpoint") or prefixes[-1])
         modules = [m.strip() for m in str(description.get("modules") or "backbone,decoder").split(",")]
