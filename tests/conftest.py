@@ -23,6 +23,7 @@ pytest_plugins = [
     "tests.fixtures.training",
     "tests.fixtures.publish",
     "tests.fixtures.webhooks",
+    "tests.fixtures.airflow_servers",
 ]
 
 # ---- CVAT double fixtures (tests/cvat_double) below ------------------------------------------
