@@ -6,30 +6,39 @@ and imports in milliseconds. It is declarative on purpose, like the Model Garden
 experiment configs: adding a model is adding an entry, not code.
 
 The seven seed models keep the names and defaults users knew from Onepanel's CVAT training (the
-TF1 Object Detection API); each maps onto a maintained TF Model Garden architecture:
+TF1 Object Detection API); each maps onto a maintained TF Model Garden architecture, and each
+names the published weights it fine-tunes from (``pretrained``; modules read from them):
 
-=========================  ==============  =====================  ==============================
-name                       family          backbone               note
-=========================  ==============  =====================  ==============================
-ssd-mobilenet-v2-coco      retinanet       mobilenet_v2           one-stage; the SSD-MobileNet role
-frcnn-res50-coco           faster_rcnn     resnet50               ResNet-FPN
-frcnn-res50-lowp           faster_rcnn     resnet50               few proposals (faster, lower recall)
-frcnn-res101-coco          faster_rcnn     resnet101              ResNet-FPN
-frcnn-inc-resv2-atr-coco   faster_rcnn     inception_resnet_v2    Keras model as a registered backbone
-frcnn-nas-coco             faster_rcnn     nasnet_large           Keras model; needs >= 2 GPUs
-mask-rcnn                  mask_rcnn       resnet50               three-stage schedule
-=========================  ==============  =====================  ==============================
+=========================  ===========  ===================  ===================================
+name                       family       backbone             pretrained (modules)
+=========================  ===========  ===================  ===================================
+ssd-mobilenet-v2-coco      retinanet    mobilenet_v2         ImageNet MobileNetV2 (backbone)
+frcnn-res50-coco           faster_rcnn  resnet50             ImageNet ResNet-50 (backbone)
+frcnn-res50-lowp           faster_rcnn  resnet50             ImageNet ResNet-50 (backbone)
+frcnn-res101-coco          faster_rcnn  resnet101            ImageNet ResNet-101 (backbone)
+frcnn-inc-resv2-atr-coco   faster_rcnn  inception_resnet_v2  Keras ImageNet h5 (backbone)
+frcnn-nas-coco             faster_rcnn  nasnet_large         Keras ImageNet h5 (backbone); 2+ GPUs
+mask-rcnn                  mask_rcnn    resnet50             ImageNet ResNet-50 (backbone)
+retinanet-resnet50fpn-coco retinanet    resnet50             COCO RetinaNet (backbone, decoder)
+retinanet-mobilenetv2-coco retinanet    mobilenet_v2         COCO RetinaNet (backbone, decoder)
+=========================  ===========  ===================  ===================================
+
+The last two (``COCO_MODELS``) are COCO-pretrained detectors built exactly as published
+(``options["model"]``), so their decoder loads too; no Faster or Mask R-CNN COCO checkpoint is
+published in Model Garden form, so those start from ImageNet backbones as the Model Garden's
+own configs do. Sources and where each was confirmed: docs/pretrained.md.
 
 Users add their own entries in a JSON or YAML file (``load_catalog(extra_file)``)::
 
     {"models": [{"name": "my-retina", "family": "retinanet", "backbone": "resnet50",
-                 "checkpoint": "s3://bucket/base_models/my-retina/ckpt-1",
+                 "pretrained": {"uri": "s3://bucket/weights/r50.tar.gz", "format": "checkpoint_tar",
+                                "modules": ["backbone"], "sha256": "..."},
                  "batch_size": 8, "initial_learning_rate": 0.01, "epochs": 5000}]}
 
-``checkpoint`` is the base checkpoint to fine-tune from: a ``tf.train.Checkpoint`` holding
-``backbone`` and ``decoder`` (the form the Model Garden's ``init_checkpoint`` reads, and what
-``python -m airflow_cvat.trainer init-base`` writes). When it is None the Airflow side uses
-``{root}/base_models/{name}/``.
+``checkpoint`` (a URI) is a deployment's own base checkpoint and wins over ``pretrained``: a
+``tf.train.Checkpoint`` holding ``backbone`` and ``decoder`` (what ``python -m
+airflow_cvat.trainer init-base`` writes, with random weights). The pull operator copies either
+into ``{root}/base_models/{name}/`` and marks it with ``pulled.json``.
 """
 
 from __future__ import annotations

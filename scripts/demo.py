@@ -3,8 +3,9 @@
 What it sets up, all under ./demo-output (delete it to start over):
 - a CVAT export (COCO 1.0 with images) of generated shapes, standing in for an export that CVAT
   wrote to cloud storage: the DAG's `source_uri`;
-- a base checkpoint for ssd-mobilenet-v2-coco (`trainer init-base`: no download) and a
-  catalogue file pointing the model at it;
+- a base checkpoint for ssd-mobilenet-v2-coco with RANDOM weights (`trainer init-base`: no
+  download) and a catalogue file pointing the model at it. A real run instead pulls the model's
+  published pretrained weights (README, "Base weights"; offline clusters mirror them);
 - an Airflow home on SQLite, the artifact root `file://.../artifacts`, and an SMTP server on
   127.0.0.1 that writes every message it receives to ./demo-output/mail/.
 Then Airflow runs the DAG (`airflow dags test`): export, pull, local CPU training on a short
@@ -62,7 +63,8 @@ def make_base_model(env: dict[str, str]) -> Path:
         )  # fmt: skip
     catalog = OUT / "catalog.json"
     entry = {"name": MODEL, "family": "retinanet", "backbone": "mobilenet_v2", "input_size": 128,
-             "checkpoint": f"file://{weights}/", "description": "demo base model (random init)"}  # fmt: skip
+             "checkpoint": f"file://{weights}/",
+             "description": "demo base model: RANDOM weights (init-base)"}  # fmt: skip
     catalog.write_text(json.dumps({"models": [entry]}, indent=2))
     return catalog
 
@@ -131,7 +133,7 @@ def main() -> int:
 
     port = free_port()
     env = airflow_env(port, OUT / "catalog.json")
-    started = step(f"Writing a base checkpoint for {MODEL} (offline, random init)")
+    started = step(f"Writing a RANDOM base checkpoint for {MODEL} (init-base, offline; not pretrained)")
     make_base_model(env)
     done(started, timings, "base checkpoint")
 
@@ -163,6 +165,12 @@ def main() -> int:
         print("    LATEST was not written: see the DAG's log above")
     messages = sorted(mail.glob("*.eml"))
     print(f"    email:           {messages[-1] if messages else 'none received'}")
+    print(
+        "    base weights:    RANDOM (init-base), so expect a poor model. A real run pulls the model's\n"
+        "                     published pretrained weights into {root}/base_models/; clusters without\n"
+        '                     internet map them to their own bucket with "mirrors" in the cvat_retrain\n'
+        '                     Variable (README, "Base weights").'
+    )
     return 0 if latest.exists() and messages else 1
 
 

@@ -435,7 +435,9 @@ def test_model_without_any_source_uses_what_is_in_its_folder(tmp_path: Path) -> 
 
 
 def test_pull_through_a_dag_run(run_dag, tmp_path: Path) -> None:
+    """The demo's form: a catalogue entry pointing at a folder init-base wrote (random weights)."""
     make_checkpoint(tmp_path / "src")
+    (tmp_path / "src" / "base_model.json").write_text('{"weights": "random (init-base)"}')
     catalog = write_catalog(
         tmp_path / "c.json", {"name": "my-retina", "checkpoint": f"file://{tmp_path}/src/"}
     )
@@ -454,4 +456,5 @@ def test_pull_through_a_dag_run(run_dag, tmp_path: Path) -> None:
     )
     assert str(run.state) == "success"
     assert xcom(run, "pull") == f"file://{tmp_path}/root/base_models/my-retina"
-    assert marker(tmp_path / "root" / "base_models" / "my-retina")["checkpoint"] == "ckpt-1"
+    info = marker(tmp_path / "root" / "base_models" / "my-retina")
+    assert (info["checkpoint"], info["weights"]) == ("ckpt-1", "random (init-base)")

@@ -206,7 +206,7 @@ class BaseModelPullOperator(BaseOperator):
             "md5": whole.md5 if whole else None,
             "bytes": copied,
             "files": files,
-            "weights": "pretrained",
+            "weights": self._weights_label(source),
             **source.details,
         }
         write_marker(dest, payload, PULLED_MARKER)
@@ -273,6 +273,21 @@ class BaseModelPullOperator(BaseOperator):
             sha256=sha256,
             files=tuple(names) if names is not None else None,
         )
+
+    def _weights_label(self, source: Source) -> str:
+        """ "random (init-base)" when a user's checkpoint folder says so (the demo), else "pretrained"."""
+        if is_http(source.uri) or is_archive(source.uri) or source.format == "keras_h5":
+            return "pretrained"
+        folder = source.uri.rstrip("/") if source.uri.endswith("/") else source.uri.rpartition("/")[0]
+        try:
+            path = ObjectStoragePath(
+                f"{folder}/{INIT_BASE_DESCRIPTION}", conn_id=self._source_conn(source.uri)
+            )
+            description = _read_json(path)
+        except Exception:  # a description is optional; the weights were verified already
+            description = {}
+        weights = str(description.get("weights", ""))
+        return "random (init-base)" if weights.startswith("random") else "pretrained"
 
     def _mirrored(self, uri: str) -> str:
         mirrors, where = self._mirror_setting()
