@@ -1,15 +1,23 @@
-"""Export throughput and peak memory of CVATExportOperator against the CVAT test double.
+"""CVATExportOperator against one cvat-sdk task export of the same task, on the CVAT test double.
 
-Run by hand: `.venv/bin/python benchmarks/export.py [sizes...]` (default 200 and 2000 images).
-The double serves from this process; each export runs in a child process so that its peak RSS
-(ru_maxrss) is the operator's own. Images are 128x128 generated JPEGs, 4 finished jobs per task.
+Run by hand: `.venv/bin/python benchmarks/export.py [--images 200] [--jobs 1 4 20] [--repeat 3]`.
+
+For each job count, a task of `--images` generated 128x128 JPEGs is split into that many jobs,
+all completed, and exported twice from one child process: by cvat-sdk (`make_client`,
+`tasks.retrieve(id).export_dataset(..., include_images=True)`, polling every `--sdk-period`
+seconds, 0.1 by default: the sdk's own default of 5 s would flatter the operator) and by the
+operator (`execute`, its defaults, `skip_unchanged=False`). The double runs with
+`background_exports`: a worker thread writes each export while the clients poll, so both wait
+for the same server-side work. Median of `--repeat` runs, after a warm-up of both on a small
+task (first-use imports are not export work). The operator's time includes what the sdk call
+does not do: reading the jobs, the fingerprint, checking the zip and writing the manifest.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -19,31 +27,49 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CHILD = """
-import json, resource, sys, time
+import json, statistics, sys, time
+from cvat_sdk import make_client
 from airflow_cvat.operators.export import CVATExportOperator
-def export(task_id, destination):
-    op = CVATExportOperator(task_id="export", task_ids=[task_id], destination=destination,
-                            status_check_period=0.05, export_timeout=600)
-    return op.execute(context={})
-export(int(sys.argv[3]), sys.argv[2] + "-warmup")  # first-use imports are not export work
-start = time.perf_counter()
-export(int(sys.argv[1]), sys.argv[2])
-elapsed = time.perf_counter() - start
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"seconds": elapsed, "peak_rss_mb": peak_mb}))
+
+url, token, task_id, warmup, workdir, repeat, sdk_period = sys.argv[1:8]
+import os; os.makedirs(workdir, exist_ok=True)
+task_id, warmup, repeat, sdk_period = int(task_id), int(warmup), int(repeat), float(sdk_period)
+
+def sdk(task, path):
+    with make_client(url, access_token=token) as client:
+        client.config.status_check_period = sdk_period
+        client.tasks.retrieve(task).export_dataset("COCO 1.0", path, include_images=True)
+
+def operator(task, destination):
+    CVATExportOperator(task_id="export", task_ids=[task], destination=destination,
+                       skip_unchanged=False).execute(context={})
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+sdk(warmup, f"{workdir}/warmup.zip")
+operator(warmup, f"file://{workdir}/warmup/run")
+sdk_times, op_times = [], []
+for i in range(repeat):
+    sdk_times.append(timed(sdk, task_id, f"{workdir}/sdk-{i}.zip"))
+    op_times.append(timed(operator, task_id, f"file://{workdir}/op/run-{i}"))
+print(json.dumps({"sdk": statistics.median(sdk_times), "operator": statistics.median(op_times)}))
 """
 
 
-def finished_task(cvat, images: int) -> int:
-    task_id = cvat.add_task(f"bench-{images}", frames=images, segment_size=max(1, images // 4))
+def completed_task(cvat, images: int, jobs: int) -> int:
+    task_id = cvat.add_task(f"bench-{images}-{jobs}", frames=images, segment_size=-(-images // jobs))
+    assert len(cvat.job_ids(task_id)) == jobs, "images must split into that many jobs"
     for job_id in cvat.job_ids(task_id):
         cvat.set_job(job_id, state="completed", stage="acceptance")
     return task_id
 
 
-def measure(cvat, images: int, workdir: Path) -> dict:
-    task_id = finished_task(cvat, images)
-    warmup = finished_task(cvat, 4)
+def measure(cvat, images: int, jobs: int, repeat: int, sdk_period: float, workdir: Path) -> dict:
+    task_id = completed_task(cvat, images, jobs)
+    warmup = completed_task(cvat, 4, 1)
     env = os.environ | {
         "AIRFLOW_HOME": str(workdir / "airflow"),
         "AIRFLOW_CONN_CVAT_DEFAULT": json.dumps(
@@ -51,27 +77,31 @@ def measure(cvat, images: int, workdir: Path) -> dict:
         ),
         "PYTHONPATH": str(ROOT),
     }
-    destination = f"file://{workdir}/datasets/bench-{images}/run"
+    args = [cvat.url, cvat.DEFAULT_TOKEN, task_id, warmup, workdir / f"jobs-{jobs}", repeat, sdk_period]
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(task_id), destination, str(warmup)],
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    result = json.loads(out.strip().splitlines()[-1])
-    result["images"] = images
-    result["images_per_s"] = images / result["seconds"]
-    return result
+        [sys.executable, "-c", CHILD, *map(str, args)], env=env, capture_output=True, text=True
+    )
+    if out.returncode:
+        raise SystemExit(f"the export child failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     from tests.cvat_double import CVATDouble
 
-    sizes = [int(a) for a in sys.argv[1:]] or [200, 2000]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 4, 20])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sdk-period", type=float, default=0.1)
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, CVATDouble() as cvat:
-        print(f"{'images':>8} {'seconds':>8} {'images/s':>9} {'peak RSS MB':>12}")
-        for images in sizes:
-            r = measure(cvat, images, Path(tmp))
-            print(f"{images:>8} {r['seconds']:>8.2f} {r['images_per_s']:>9.1f} {r['peak_rss_mb']:>12.1f}")
-    print(f"(double's process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
+        cvat.background_exports = True
+        print(f"{'jobs':>5} {'images':>7} {'cvat-sdk s':>11} {'operator s':>11} {'ratio':>6}")
+        for jobs in args.jobs:
+            r = measure(cvat, args.images, jobs, args.repeat, args.sdk_period, Path(tmp))
+            ratio = r["operator"] / r["sdk"]
+            print(f"{jobs:>5} {args.images:>7} {r['sdk']:>11.2f} {r['operator']:>11.2f} {ratio:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ CVAT-shaped ``rq_id``; each poll of ``/api/requests/{rq_id}`` is "started" for
 ``result_url`` (or "failed"). The zip is written by ``airflow_cvat.synthetic.write_export`` into a
 temp file and streamed; a task export holds its non-deleted frames, a job export its own frames.
 Only "COCO 1.0" and "CVAT for images 1.1" are written; other real formats end "failed", unknown
-ones ("TFRecord 1.0") get CVAT's 400.
+ones ("TFRecord 1.0") get CVAT's 400. ``cvat.background_exports = True`` writes each export in a
+worker thread from the moment it is queued, and polls say "started" until it is done, as CVAT's
+export workers do (for benchmarks of the wait; tests keep the deterministic poll count).
 
 Frames: ``GET /api/tasks/{id}/data?type=frame&number=N[&quality=compressed|original]`` (and
 ``/api/jobs/{id}/data``, N a task frame number inside the job) answer the frame's JPEG as

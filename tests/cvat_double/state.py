@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -241,6 +242,7 @@ class ExportRequest:
     finished: str | None = None
     result_path: str | None = None
     filename: str = ""
+    worker: threading.Thread | None = None  # writes the result when the double's background_exports is on
 
     def to_json(self, base: str) -> dict[str, Any]:
         return {
