@@ -444,6 +444,20 @@ def test_tags_points_polylines_beside_boxes_are_counted_not_trained(tmp_path):
     line = summary_line(report.to_dict())
     assert "labels left out: weather (tag label), pole (only points)" in line and "outside_image 1" in line
 
+    # the model card says the same (from the trainer result's "prepared")
+    from airflow_cvat.deploy.card import card_json, card_markdown
+    from airflow_cvat.trainer.prepare import summary
+
+    card = card_json(
+        model_name="m", version="v1", created="now", run_uri="file:///run", labels=report.labels, metrics={},
+        result={"prepared": summary(report.to_dict())}, data=None, base_model={}, tflite={}, files=[],
+    )  # fmt: skip
+    assert card["training_data"]["dropped_shapes"]["unsupported_tag"] == 2
+    markdown = card_markdown(card)
+    assert f"- split: random 75/25 seeded by fingerprint {report.fingerprint}" in markdown
+    assert "- labels left out of the model: weather (tag label), pole (only points)," in markdown
+    assert "degenerate_polygon 1, outside_image 1, unsupported_points 2" in markdown
+
     # asked for: a label without shapes becomes a class (not tags, points or skeleton labels)
     kept = prepare(str(folder), tmp_path / "kept", validation_fraction=0.25, keep_empty_labels=True)
     assert [e["name"] for e in kept.labels] == ["car", "pole", "lane", "kerb", "truck"]
