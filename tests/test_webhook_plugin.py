@@ -27,9 +27,13 @@ def test_airflow_discovers_the_bridge(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     listed = json.loads(done.stdout[done.stdout.index("[") :])
-    ours = [p for p in listed if p["name"] == "cvat_webhook"]
+    ours = [p for p in listed if p["name"].startswith("cvat_webhook")]
     assert len(ours) == 1, listed
-    assert "/cvat" in json.dumps(ours[0]["fastapi_apps"])
+    # Admin > Plugins (GET /api/v2/plugins, the same get_plugin_info as this command) shows only
+    # a plugin's name and source: the name carries the bridge's path.
+    assert ours[0]["name"] == "cvat_webhook: POST /cvat/webhook"
+    (app,) = ours[0]["fastapi_apps"]
+    assert app["url_prefix"] == "/cvat" and app["name"] == "CVAT webhook bridge (POST /cvat/webhook)"
     probe = subprocess.run(
         [
             sys.executable,
@@ -52,3 +56,25 @@ def test_url_prefix_is_not_reserved() -> None:
     (app,) = CVATWebhookPlugin.fastapi_apps
     assert app["url_prefix"] == "/cvat"
     assert not any(app["url_prefix"].startswith(prefix) for prefix in RESERVED_URL_PREFIXES)
+
+
+def test_unconfigured_bridge_names_the_connection_to_create(airflow_api, monkeypatch) -> None:
+    """The 503 says which connection and which fields, and echoes nothing of the connection."""
+    import requests
+
+    monkeypatch.delenv("AIRFLOW_CONN_CVAT_WEBHOOK", raising=False)
+    missing = requests.post(f"{airflow_api.url}/cvat/webhook", data=b"{}", timeout=30)
+    assert missing.status_code == 503
+    detail = missing.json()["detail"]
+    assert "connection 'cvat_webhook' does not exist" in detail
+    assert "secret as Password" in detail and "Extra" in detail
+
+    monkeypatch.setenv("AIRFLOW_CONN_CVAT_WEBHOOK", json.dumps({"conn_type": "generic"}))
+    no_secret = requests.post(f"{airflow_api.url}/cvat/webhook", data=b"{}", timeout=30)
+    assert no_secret.status_code == 503 and "has no secret in its Password" in no_secret.json()["detail"]
+
+    bad_extra = {"conn_type": "generic", "password": "s3cret-value", "extra": {"cooldown_seconds": "soon"}}
+    monkeypatch.setenv("AIRFLOW_CONN_CVAT_WEBHOOK", json.dumps(bad_extra))
+    invalid = requests.post(f"{airflow_api.url}/cvat/webhook", data=b"{}", timeout=30)
+    assert invalid.status_code == 503 and "Extra of Airflow connection 'cvat_webhook'" in invalid.text
+    assert "s3cret-value" not in invalid.text and "soon" not in invalid.text

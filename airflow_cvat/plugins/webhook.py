@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 URL_PREFIX = "/cvat"
 WEBHOOK_PATH = "/webhook"
 TRIGGERING_USER = "cvat-webhook"
+ENDPOINT = URL_PREFIX + WEBHOOK_PATH
+PLUGIN_NAME = f"cvat_webhook: POST {ENDPOINT}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,16 +75,29 @@ def load_settings() -> tuple[str, BridgeConfig]:
         connection = Connection.get_connection_from_secrets(name)
     except AirflowNotFoundException:
         log.error("CVAT webhook: connection %r does not exist; refusing deliveries", name)
-        raise WebhookError(503, "webhook bridge not configured") from None
+        raise WebhookError(503, not_configured(name, "does not exist")) from None
     if not connection.password:
         log.error("CVAT webhook: connection %r has no secret in its password; refusing deliveries", name)
-        raise WebhookError(503, "webhook bridge not configured")
+        raise WebhookError(503, not_configured(name, "has no secret in its Password"))
     try:
         config = BridgeConfig.from_extra(connection.extra_dejson)
     except ConfigError as error:
         log.error("CVAT webhook: connection %r has an invalid extra: %s", name, error)
-        raise WebhookError(503, "webhook bridge misconfigured") from None
+        raise WebhookError(
+            503, f"webhook bridge misconfigured: the Extra of Airflow connection {name!r} is invalid "
+            "(the api-server log says why; docs/webhooks.md lists its keys)"
+        ) from None  # fmt: skip
     return connection.password, config
+
+
+def not_configured(name: str, problem: str) -> str:
+    """The 503 answer: which connection to create and what goes in it. It names no secret and
+    echoes nothing of the connection, since the caller is not yet authenticated."""
+    return (
+        f"webhook bridge not configured: Airflow connection {name!r} {problem}. Create it (Admin > "
+        "Connections, any type, e.g. generic) with the CVAT webhook's secret as Password and, "
+        'optionally, routing as JSON in Extra (e.g. {"dag_id": "cvat_retrain", "cooldown_seconds": 300})'
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -196,5 +211,9 @@ async def handle(request: Request) -> tuple[int, dict[str, Any]]:
 class CVATWebhookPlugin(AirflowPlugin):
     """Registers the bridge with the api-server (entry point ``airflow.plugins``)."""
 
-    name = "cvat_webhook"
-    fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "CVAT webhook bridge"}]
+    # Admin > Plugins shows a plugin's name and where it came from, nothing else: the name says
+    # what the plugin is and where CVAT must post.
+    name = PLUGIN_NAME
+    fastapi_apps = [
+        {"app": create_app(), "url_prefix": URL_PREFIX, "name": f"CVAT webhook bridge (POST {ENDPOINT})"}
+    ]
