@@ -215,6 +215,50 @@ def test_export_flow_matches_recording(
     assert_same_zip(RECORDED / f"{prefix}.zip", download.content, fmt)
 
 
+@pytest.mark.parametrize("fmt", ["coco", "cvat_images"])
+def test_background_export_matches_recording(cvat_double: CVATDouble, fmt: str) -> None:
+    """With a worker thread writing the export (the benchmark's mode), CVAT's flow is unchanged."""
+    seed(cvat_double)
+    cvat_double.background_exports = True
+    prefix = f"export_{fmt}_with_images"
+    with requests.Session() as http:
+        http.headers["Authorization"] = f"Bearer {CVATDouble.DEFAULT_TOKEN}"
+        started = assert_like_recording(replay(cvat_double, f"{prefix}_request", http), f"{prefix}_request")
+        poll_url = f"{cvat_double.url}/api/requests/{started['rq_id']}"
+        first = assert_like_recording(http.get(poll_url), f"{prefix}_poll_first")
+        assert first["status"] in ("started", "finished")
+        final = first
+        for _ in range(10_000):  # bounded by polls, not by time
+            if final["status"] != "started":
+                break
+            final = http.get(poll_url).json()
+        assert_like_recording(http.get(poll_url), f"{prefix}_poll_final")
+        assert final["status"] == "finished"
+        assert_same_zip(RECORDED / f"{prefix}.zip", http.get(final["result_url"]).content, fmt)
+
+
+@pytest.mark.parametrize("fmt", ["coco", "cvat_images"])
+def test_job_export_has_the_recorded_task_layout_with_its_frames(
+    seeded: CVATDouble, session: requests.Session, fmt: str
+) -> None:
+    """Not recorded: a job export is CVAT's task export writer run over the job's frames."""
+    format_name = {"coco": "COCO 1.0", "cvat_images": "CVAT for images 1.1"}[fmt]
+    started = session.post(
+        f"{seeded.url}/api/jobs/2/dataset/export", params={"format": format_name, "save_images": "True"}
+    )
+    assert started.status_code == 202
+    poll_url = f"{seeded.url}/api/requests/{started.json()['rq_id']}"
+    assert [session.get(poll_url).json()["status"] for _ in range(2)] == ["started", "finished"]
+    final = assert_like_recording(session.get(poll_url), f"export_{fmt}_with_images_poll_final")
+    assert (final["operation"]["target"], final["operation"]["job_id"]) == ("job", 2)
+    content = session.get(final["result_url"]).content
+    assert_same_zip(RECORDED / f"export_{fmt}_with_images.zip", content, fmt)
+    images = sorted(
+        n.rsplit("/", 1)[-1] for n in zipfile.ZipFile(io.BytesIO(content)).namelist() if n.endswith(".jpg")
+    )
+    assert images == [f"frame_{n:06d}.jpg" for n in range(5, 10)]
+
+
 def test_requests_list_matches_recording(seeded: CVATDouble, session: requests.Session) -> None:
     response = session.post(f"{seeded.url}/api/tasks/1/dataset/export?format=COCO+1.0&save_images=False")
     session.get(f"{seeded.url}/api/requests/{response.json()['rq_id']}")
