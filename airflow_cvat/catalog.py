@@ -214,6 +214,15 @@ class ModelSpec:
     options: dict[str, Any] = field(default_factory=dict)
     pretrained: Pretrained | None = None
 
+    @property
+    def size_step(self) -> int:
+        """``input_size`` must be a multiple of this: the stride of the coarsest feature level.
+
+        Why: this project's models use levels 3..6 (multiples of 64); an entry built as a published
+        COCO detector uses its levels 3..7, and level 7's anchors line up only on multiples of 128.
+        """
+        return 2 ** int(self.options.get(MODEL_OPTION, {}).get("max_level", 6))
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if self.stage_epochs is not None:
@@ -513,7 +522,13 @@ def spec_from_dict(entry: dict[str, Any]) -> ModelSpec:
             raise CatalogError(f"catalogue entry {name!r}: stage_epochs needs three numbers")
     _check_positive(name, data, ("batch_size", "epochs", "steps_per_image", "input_size", "min_clones"), int)
     _check_positive(name, data, ("initial_learning_rate",), float)
-    return ModelSpec(**data)
+    spec = ModelSpec(**data)
+    if spec.input_size % spec.size_step:
+        raise CatalogError(
+            f"catalogue entry {name!r}: input_size {spec.input_size} must be a multiple of {spec.size_step} "
+            "(the stride of its coarsest feature level)"
+        )
+    return spec
 
 
 def _family_defaults(family: str) -> dict[str, Any]:

@@ -103,6 +103,16 @@ def test_user_entry_from_yaml_overrides_a_seed(tmp_path):
         ({"name": "x", "family": "retinanet", "backbone": "resnet50", "batch_size": 0}, "positive"),
         ({"name": "x", "family": "retinanet", "backbone": "resnet50", "epochs": 1.5}, "whole"),
         ({"name": "x", "family": "mask_rcnn", "backbone": "resnet50", "stage_epochs": [1]}, "three"),
+        (
+            {
+                "name": "x",
+                "family": "retinanet",
+                "backbone": "resnet50",
+                "input_size": 320,
+                "options": {"model": {"min_level": 3, "max_level": 7}},
+            },
+            "input_size 320 must be a multiple of 128",
+        ),  # fmt: skip
     ],
 )
 def test_bad_user_entries(tmp_path, entry, message):
@@ -215,6 +225,8 @@ def test_coco_detectors_load_their_decoder_into_the_published_architecture():
             assert (architecture["min_level"], architecture["max_level"]) == (3, 7)
             assert spec.input_size == spec.pretrained.input_size and spec.input_size % 128 == 0
             assert spec.pretrained.checkpoint and spec.pretrained.dataset == "COCO"
+    assert get_model("retinanet-resnet50fpn-coco").size_step == 128
+    assert get_model("ssd-mobilenet-v2-coco").size_step == 64
     mobile = get_model("retinanet-mobilenetv2-coco").options[MODEL_OPTION]
     assert mobile["head"] == {"num_convs": 4, "num_filters": 128, "use_separable_conv": True}
     assert mobile["decoder"]["fpn"]["num_filters"] == 128 and mobile["decoder"]["fpn"]["use_separable_conv"]
