@@ -112,7 +112,7 @@ def test_user_entry_from_yaml_overrides_a_seed(tmp_path):
                 "options": {"model": {"min_level": 3, "max_level": 7}},
             },
             "input_size 320 must be a multiple of 128",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_bad_user_entries(tmp_path, entry, message):
