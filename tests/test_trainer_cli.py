@@ -215,6 +215,9 @@ def test_killed_run_resumes_from_its_checkpoint_and_a_finished_run_skips(tmp_pat
     assert steps and min(steps) > killed_at and steps[-1] == STEPS, steps  # no step was trained twice
     assert result["steps"] == STEPS and _latest_step(checkpoints) == STEPS
     assert result["export_check"]["outputs"]
+    # what training really used: the split and every drop (none here), in the result and the log
+    assert result["prepared"]["images"] == {"selected": 16, "train": 14, "validation": 2, "test": 0}
+    assert result["prepared"]["split"]["mode"] == "random" and "dropped images: 0" in stderr
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["step"] == STEPS
 
