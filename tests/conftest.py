@@ -26,6 +26,25 @@ pytest_plugins = [
     "tests.fixtures.airflow_servers",
 ]
 
+# ---- order: light tests first -------------------------------------------------------------------
+
+SLOW_FIXTURES = {"ssd_run", "trained_run"}
+"""A test that uses one of these waits for a real training run: it is slow too."""
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: starts TensorFlow to train (or several times); runs after the light tests"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Light tests first, so a failure shows in the first minutes; slow ones keep their order."""
+    items.sort(
+        key=lambda item: bool(item.get_closest_marker("slow") or SLOW_FIXTURES & set(item.fixturenames))
+    )
+
+
 # ---- CVAT double fixtures (tests/cvat_double) below ------------------------------------------
 
 import pytest  # noqa: E402

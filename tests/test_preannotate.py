@@ -157,6 +157,7 @@ def auto_shapes(cvat, task_id: int) -> list[dict[str, Any]]:
 # ---- the trainer command against the double -----------------------------------------------------
 
 
+@pytest.mark.slow  # TensorFlow loads the SavedModel in a subprocess
 def test_new_job_gets_auto_shapes_finished_job_untouched_and_rerun_adds_nothing(
     cvat, model_root, annotate
 ) -> None:
@@ -249,6 +250,7 @@ def test_job_states_select_jobs_and_ground_truth_is_never_annotated(cvat, model_
     assert code == 0 and summary["jobs"] == [new] and summary["frames"] == 3
 
 
+@pytest.mark.slow  # TensorFlow loads the SavedModel in a subprocess
 def test_mask_model_uploads_polygons_or_cvat_masks(cvat, model_root, annotate) -> None:
     from cvat_sdk.masks import decode_mask
 
@@ -405,6 +407,7 @@ with DAG("preannotate_dag", schedule=None, params={{"threshold": 0.5}}):
 """
 
 
+@pytest.mark.slow  # TensorFlow loads the SavedModel in a subprocess
 def test_operator_in_a_dag_run_returns_the_summary(run_dag, cvat, model_root, monkeypatch, capfd) -> None:
     cvat_connection(monkeypatch, cvat)
     task_id, _, new = two_job_task(cvat)
