@@ -36,7 +36,10 @@ def get_provider_info() -> dict:
         ],
         "triggers": [{"integration-name": "CVAT", "python-modules": ["airflow_cvat.triggers.cvat"]}],
         "plugins": [
-            {"name": "cvat_webhook", "plugin-class": "airflow_cvat.plugins.webhook.CVATWebhookPlugin"}
+            {
+                "name": "cvat_webhook: POST /cvat/webhook",
+                "plugin-class": "airflow_cvat.plugins.webhook.CVATWebhookPlugin",
+            }
         ],
         "notifications": ["airflow_cvat.notifications.email.CVATEmailNotifier"],
         "connection-types": [
@@ -44,28 +47,28 @@ def get_provider_info() -> dict:
                 "connection-type": "cvat",
                 "hook-class-name": "airflow_cvat.hooks.cvat.CVATHook",
                 "hook-name": "CVAT",
+                # Labels stay short (long ones wrap and misalign the form); the advice goes into
+                # placeholders and descriptions.
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port"],
-                    "relabeling": {
-                        "host": "Server URL",
-                        "login": "User (leave empty when using a token)",
-                        "password": "Personal access token, or the user's password",
-                    },
+                    "relabeling": {"host": "Server URL", "login": "User", "password": "Token or password"},
                     "placeholders": {
                         "host": "https://app.cvat.ai",
-                        "login": "",
-                        "password": "personal access token",
+                        "login": "empty with a token; else a CVAT user name",
+                        "password": "access token (CVAT: avatar > Settings > Security)",
                     },
                 },
                 "conn-fields": {
                     "organization": {
                         "label": "Organization",
                         "schema": {"type": ["string", "null"]},
-                        "description": "Organization slug (X-Organization); empty: personal workspace.",
+                        "description": "The organization's short name (slug), sent as X-Organization. "
+                        "Empty: the personal workspace.",
                     },
                     "verify_ssl": {
-                        "label": "Verify TLS certificate",
+                        "label": "Verify TLS",
                         "schema": {"type": ["boolean", "null"], "default": True},
+                        "description": "Switch off only for a self-signed certificate on a trusted network.",
                     },
                 },
             }

@@ -31,7 +31,8 @@ def test_airflow_providers_list_shows_the_provider():
 
 
 def test_connection_form_offers_cvat_fields(airflow_db):
-    """What the UI's connection form is built from (GET /ui/connections/hook_meta)."""
+    """What the UI's connection form is built from (GET /ui/connections/hook_meta): short labels
+    (long ones wrap and misalign the inputs), the advice in placeholders and descriptions."""
     from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
 
     meta = {m.connection_type: m for m in HookMetaService.hook_meta_data()}
@@ -40,9 +41,37 @@ def test_connection_form_offers_cvat_fields(airflow_db):
     assert set(cvat.extra_fields) == {"organization", "verify_ssl"}
     assert cvat.extra_fields["verify_ssl"]["value"] is True
     fields = cvat.standard_fields
-    assert fields.host.title == "Server URL"
-    assert "token" in fields.password.title.lower()
+    labels = {
+        "host": fields.host.title,
+        "login": fields.login.title,
+        "password": fields.password.title,
+        "organization": cvat.extra_fields["organization"]["schema"]["title"],
+        "verify_ssl": cvat.extra_fields["verify_ssl"]["schema"]["title"],
+    }
+    assert labels["host"] == "Server URL" and "token" in labels["password"].lower()
+    assert all(len(label) <= 18 for label in labels.values()), labels
+    assert fields.host.placeholder.startswith("https://")
+    assert "token" in fields.login.placeholder and "Settings > Security" in fields.password.placeholder
+    assert "slug" in cvat.extra_fields["organization"]["description"]
+    assert "self-signed" in cvat.extra_fields["verify_ssl"]["description"]
     assert fields.port.hidden and fields.url_schema.hidden
+
+
+def test_providers_page_links_documentation_that_exists():
+    """Admin > Providers links the distribution's Documentation URL (Project-URL metadata); without
+    it Airflow invents an apache.org page that does not exist for a third-party provider."""
+    import tomllib
+
+    code = (
+        "import json; from airflow.providers_manager import ProvidersManager; "
+        "print(json.dumps(ProvidersManager().providers['airflow-provider-cvat'].data['documentation-url']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    url = json.loads(out.strip().splitlines()[-1])
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    readme = project["readme"]
+    assert url == project["urls"]["Documentation"] == "https://pypi.org/project/airflow-provider-cvat/"
+    assert readme == "README.md"  # the PyPI page is the README: the page documents the provider
 
 
 def test_airflow_side_never_imports_tensorflow():
