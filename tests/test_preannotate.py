@@ -613,7 +613,8 @@ def test_retrain_dag_wires_pre_annotate_after_publish() -> None:
     assert "pre_annotate" in str(report.pre_annotation)
     assert "pre_annotate" not in dag.get_task("record_dataset").upstream_task_ids
     params = dag.params
-    assert params["pre_annotate"] is False and params["pre_annotate_task_ids"] == []
+    # No tasks by default: an empty, nullable ids field (the form types ids as text).
+    assert params["pre_annotate"] is False and params["pre_annotate_task_ids"] is None
     assert params["pre_annotate_threshold"] == 0.5
 
 
