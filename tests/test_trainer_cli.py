@@ -176,6 +176,7 @@ def _latest_step(checkpoints: Path) -> int:
     return int(re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', state, re.M).group(1))
 
 
+@pytest.mark.slow  # five TensorFlow processes, two of them training
 @pytest.mark.timeout(600)
 def test_killed_run_resumes_from_its_checkpoint_and_a_finished_run_skips(tmp_path):
     pytest.importorskip("tensorflow")
