@@ -79,6 +79,16 @@ def _records(folder: Path, prefix: str) -> list[dict]:
                 "name": example["image/filename"].bytes_list.value[0].decode(),
                 "encoded": example["image/encoded"].bytes_list.value[0],
                 "classes": list(example["image/object/class/label"].int64_list.value),
+                "boxes": [
+                    list(box)
+                    for box in zip(
+                        *(
+                            example[f"image/object/bbox/{k}"].float_list.value
+                            for k in ("xmin", "ymin", "xmax", "ymax")
+                        ),
+                        strict=True,
+                    )
+                ],
             }
         )
     return out
@@ -403,6 +413,8 @@ MIXED_XML = """<?xml version="1.0" encoding="utf-8"?>
   <image id="3" name="d.jpg" width="64" height="48">
     <box label="car" source="manual" occluded="0" xtl="8.00" ytl="8.00" xbr="30.00" ybr="30.00" z_order="0">
     </box>
+    <ellipse label="car" source="manual" occluded="0" cx="45.00" cy="24.00" rx="8.00" ry="5.00" z_order="0">
+    </ellipse>
   </image>
 </annotations>
 """
@@ -439,7 +451,13 @@ def test_tags_points_polylines_beside_boxes_are_counted_not_trained(tmp_path):
         "outside_image": 1,  # wholly right of a 64-pixel-wide image
     }
     assert report.clipped_shapes == 1 and report.dropped_images == {}
-    assert report.objects == 4  # a (clipped), b, c, d: one car each
+    assert report.objects == 5  # a (clipped), b, c, d: one car each; and d's ellipse
+    d = next(
+        r for split in ("train", "val") for r in _records(tmp_path / "data", split) if r["name"] == "d.jpg"
+    )
+    assert d["classes"] == [1, 1] and d["boxes"][1] == pytest.approx(
+        [37 / 64, 19 / 48, 53 / 64, 29 / 48], abs=1e-4
+    )
     assert (report.train_images, report.validation_images) == (3, 1)
     line = summary_line(report.to_dict())
     assert "labels left out: weather (tag label), pole (only points)" in line and "outside_image 1" in line
