@@ -43,6 +43,8 @@ _QUERY_SECRETS = re.compile(
     r"access_token|password|secret)=)[^&\s]+"
 )
 _CELL = "style='padding:2px 10px'"
+MAX_HISTORY_POINTS = 8
+"""The AP history sentence names at most this many evaluations (the plot shows them all)."""
 LEGEND_HTML = (
     "<p id='legend' style='font-size:14px'>"
     "<span style='display:inline-block;width:26px;height:14px;border:2px dashed #fff;"
@@ -165,9 +167,14 @@ def history_sentence(history: list[dict[str, Any]]) -> str:
     """``Validation AP50 during training: 0.12 at step 12, ... 0.70 at step 60 (final)``, and the cost."""
     if not history:
         return ""
-    points = ", ".join(f"{_ap(p.get('AP50'))} at step {p['step']}" for p in history)
+    shown = history
+    if len(history) > MAX_HISTORY_POINTS:  # evenly spaced, the first and the last kept
+        last = len(history) - 1
+        shown = [history[round(i * last / (MAX_HISTORY_POINTS - 1))] for i in range(MAX_HISTORY_POINTS)]
+    points = ", ".join(f"{_ap(p.get('AP50'))} at step {p['step']}" for p in shown)
+    # The lower median: the first evaluation and the final one also pay for tracing the model.
     seconds = sorted(float(p["seconds"]) for p in history if p.get("seconds") is not None)
-    cost = f"; one evaluation took about {seconds[len(seconds) // 2]:.1f} s" if seconds else ""
+    cost = f"; one evaluation took about {seconds[(len(seconds) - 1) // 2]:.1f} s" if seconds else ""
     return f"Validation AP50 during training: {points} (final){cost}."
 
 
@@ -333,14 +340,18 @@ def _links(
     run_url = airflow_run_url(dag_id, run_id)
     if run_url:
         links.append(("Airflow run", run_url, f"{dag_id} / {run_id}"))
-    if cvat:
-        links += [("CVAT", href, text) for text, href in cvat]
+    links += [("CVAT", href, text) for text, href in cvat]
     return links
 
 
 def _report_html(outcome, sentence, links, curve, rows, images, pre_html) -> str:
     gate = outcome.get("latest") or {}
-    link_lines = "".join(f"<li>{html.escape(label)}: {_link(href, text)}</li>" for label, href, text in links)
+    grouped: dict[str, list[str]] = {}  # "CVAT: task 12, task 13" on one line
+    for label, href, text in links:
+        grouped.setdefault(label, []).append(_link(href, text))
+    link_lines = "".join(
+        f"<li>{html.escape(label)}: {', '.join(items)}</li>" for label, items in grouped.items()
+    )
     table = "".join(
         "<tr>" + "".join(f"<td {_CELL}>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )

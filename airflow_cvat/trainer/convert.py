@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 CHECK_SHAPES = ((97, 131, 3), (64, 48, 3))
 """Odd, non-square sizes: CVAT frames come in any size and the signature must take them."""
 PREVIEW_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6")
+"""Predictions: a solid box and a filled label tag in their class's colour."""
+TRUTH_COLOR = "#ffffff"
+"""Ground truth: a dashed white box (with a dark edge), so it never reads as a prediction."""
+PREVIEW_MIN_WIDTH = 480
+"""Small images are enlarged to at least this width so that boxes and labels stay readable."""
+FONT_FILES = ("DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "DejaVuSans.ttf")
 
 
 def read_labels(label_map: str | os.PathLike[str] | None) -> list[dict]:
@@ -215,9 +221,9 @@ def preview(
     count: int = 4,
     threshold: float = 0.3,
 ) -> dict[str, Any]:
-    """Draw predicted boxes (coloured, with label and score) and ground truth (thin white) on
-    the first ``count`` validation images; PNGs into ``output``. Shown in the success email so a
-    person sees what the model does, not only its AP."""
+    """Draw predicted boxes (solid, class colour, a label tag with the score) and ground truth
+    (dashed white) on the first ``count`` validation images; PNGs into ``output``. Shown in the
+    success email so a person sees what the model does, not only its AP."""
     import io
 
     import numpy as np
@@ -230,25 +236,74 @@ def preview(
     for index, item in enumerate(validation_images(data_dir, count)):
         image = Image.open(io.BytesIO(item["encoded"])).convert("RGB")
         found = detections(predict(serve, np.asarray(image)), image.width, image.height, threshold)
-        canvas = image.resize((image.width * 2, image.height * 2)) if image.width < 320 else image.copy()
-        scale = canvas.width / image.width
+        factor = -(-PREVIEW_MIN_WIDTH // image.width)  # whole factors keep pixels square and sharp
+        canvas = image.resize((image.width * factor, image.height * factor)) if factor > 1 else image.copy()
         draw = ImageDraw.Draw(canvas)
+        line = max(2, canvas.width // 240)
+        # Layers: prediction boxes, then ground truth (its dashes stay visible where a good
+        # prediction covers it), then the label tags, which no line may cross.
+        predicted = [
+            (PREVIEW_COLORS[d["class"] % len(PREVIEW_COLORS)], [v * factor for v in d["box"]], d)
+            for d in found
+        ]
+        for color, box, _ in predicted:
+            draw.rectangle(box, outline=color, width=line)
         for x0, y0, x1, y1 in item["truth"]:
-            draw.rectangle(
-                [x0 * canvas.width, y0 * canvas.height, x1 * canvas.width, y1 * canvas.height],
-                outline="white",
-                width=1,
+            _dashed_rectangle(
+                draw, [x0 * canvas.width, y0 * canvas.height, x1 * canvas.width, y1 * canvas.height], line
             )
-        for det in found:
-            color = PREVIEW_COLORS[det["class"] % len(PREVIEW_COLORS)]
-            box = [v * scale for v in det["box"]]
-            draw.rectangle(box, outline=color, width=2)
-            text = f"{names.get(det['class'], det['class'])} {det['score']:.2f}"
-            draw.text((box[0] + 2, max(0, box[1] - 11)), text, fill=color)
+        font = preview_font(canvas)
+        for color, box, det in predicted:
+            _label_tag(draw, box, f"{names.get(det['class'], det['class'])} {det['score']:.2f}", color, font)
         name = f"preview-{index}.png"
         canvas.save(Path(output) / name)
         written.append({"file": name, "image": item["name"], "detections": len(found)})
     return {"images": written, "threshold": threshold}
+
+
+def preview_font(canvas):
+    """A TrueType font about 1/28 of the image's height, at least 14 px (DejaVu where installed;
+    else Pillow's own scalable default, Pillow >= 10.1), so labels read at the email's size."""
+    from PIL import ImageFont
+
+    size = max(14, canvas.height // 28)
+    for name in FONT_FILES:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=size)
+
+
+def _dashed_rectangle(draw, box: list[float], width: int) -> None:
+    """A dashed white rectangle with a dark edge under it: visible on light and dark images."""
+    x0, y0, x1, y1 = box
+    dash = 4 * width
+    sides = [((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)), ((x1, y1), (x0, y1)), ((x0, y1), (x0, y0))]
+    for color, extra in (("#000000", 2), (TRUTH_COLOR, 0)):
+        for (ax, ay), (bx, by) in sides:
+            length = max(abs(bx - ax), abs(by - ay))
+            for start in range(0, int(length), 2 * dash):
+                end = min(start + dash, length)
+                a, b = start / max(length, 1), end / max(length, 1)
+                segment = [(ax + (bx - ax) * a, ay + (by - ay) * a), (ax + (bx - ax) * b, ay + (by - ay) * b)]
+                draw.line(segment, fill=color, width=width + extra)
+
+
+def _label_tag(draw, box: list[float], text: str, color: str, font) -> None:
+    """The class name and score on a filled tag above the box (inside it at the image's top)."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    pad = 3
+    height = bottom - top + 2 * pad
+    y = box[1] - height if box[1] - height >= 0 else box[1]
+    draw.rectangle([box[0], y, box[0] + right - left + 2 * pad, y + height], fill=color)
+    draw.text((box[0] + pad - left, y + pad - top), text, fill=_ink(color), font=font)
+
+
+def _ink(color: str) -> str:
+    """Black or white text, whichever reads better on ``color`` (#rrggbb)."""
+    red, green, blue = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return "#000000" if 0.299 * red + 0.587 * green + 0.114 * blue > 150 else "#ffffff"
 
 
 def history(tensorboard: str | os.PathLike[str]) -> dict[str, dict[str, list[list[float]]]]:
