@@ -145,7 +145,8 @@ class CVATExportOperator(BaseOperator):
     :param record_latest: write that record after a successful export. A pipeline that wants
         "unchanged" to mean "already trained on" sets this False and records it after training.
     :param export_timeout: seconds CVAT may take to prepare the exports.
-    :param status_check_period: the longest wait between two polls of CVAT (the first is 0.1 s).
+    :param status_check_period: the longest wait between two polls of CVAT (the first is 0.1 s,
+        each next one 1.3 times longer).
     :param deferrable: wait for CVAT in the triggerer, not in a worker slot. Defaults to Airflow's
         ``[operators] default_deferrable``.
     """
@@ -333,9 +334,7 @@ class CVATExportOperator(BaseOperator):
         Whole means every annotation job is selected and together they hold every frame of the
         task that is not deleted: only then is a task export the same data as the job exports.
         """
-        meta = hook.get_task_meta(task_id)
-        names = [frame.name for frame in meta.frames]
-        deleted = set(meta.deleted_frames or [])
+        names, deleted = hook.get_task_frames(task_id)
         selected: list[SelectedJob] = []
         left_out: list[dict] = []
         unfinished_annotation_job = False

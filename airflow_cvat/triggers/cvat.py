@@ -21,6 +21,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_cvat.hooks.cvat import (
     FIRST_POLL_INTERVAL,
+    POLL_GROWTH,
     RETRY_STATUSES,
     CVATError,
     CVATHook,
@@ -37,7 +38,7 @@ class CVATRequestTrigger(BaseTrigger):
 
     :param requests: rq_id → what it is (e.g. "export of task 7 as 'COCO 1.0'"), for messages.
     :param cvat_conn_id: the Airflow connection to CVAT; its secret is read when the trigger runs.
-    :param poll_interval: the longest wait between polls; the first is short and doubles up to it.
+    :param poll_interval: the longest wait between polls; the first is short and grows up to it.
     :param timeout: seconds from the trigger's start before it gives up with a clear message.
     :param retries: consecutive transient failures (429, 5xx, network) tolerated per request.
 
@@ -122,7 +123,7 @@ class CVATRequestTrigger(BaseTrigger):
                     return results
                 self.log.info("Waiting for CVAT: %d request(s) not finished yet", len(pending))
                 await asyncio.sleep(interval)
-                interval = min(interval * 2, self.poll_interval)
+                interval = min(interval * POLL_GROWTH, self.poll_interval)
 
     async def _status(self, http: Any, server: str, rq_id: str, what: str) -> dict[str, Any]:
         """One ``GET /api/requests/{rq_id}``, retrying transient faults with backoff."""
