@@ -106,7 +106,8 @@ class SyntheticFrame:
     """One image and its ground truth.
 
     ``frame`` is the frame number inside a CVAT task; when None, :func:`write_export` numbers
-    frames in the order it receives them.
+    frames in the order it receives them. ``subset`` is the CVAT subset of the frame's task
+    ("" for none, which CVAT exports as "default").
     """
 
     name: str
@@ -115,6 +116,7 @@ class SyntheticFrame:
     jpeg: bytes
     shapes: list[SyntheticShape]
     frame: int | None = None
+    subset: str = ""
 
 
 def label_style(labels: Sequence[str], label: str) -> tuple[str, tuple[int, int, int]]:
@@ -299,17 +301,22 @@ def write_export(
     task_name: str = "synthetic",
     task_id: int = 1,
     segments: Sequence[tuple[int, int, int]] = (),
+    project: bool = False,
 ) -> int:
     """Stream ``frames`` into a zip shaped like CVAT's export in ``format``; return frames written.
 
-    Images go into the zip one at a time (never all in memory); the annotation file, which
-    is small, is written at the end. ``fileobj`` need not be seekable. ``task_id`` and
+    Images go into the zip one at a time (never all in memory); the annotation files, which
+    are small, are written at the end. ``fileobj`` need not be seekable. ``task_id`` and
     ``segments`` (``(job_id, start_frame, stop_frame)``) only fill the CVAT XML's task meta.
+    Subsets (``SyntheticFrame.subset``) as CVAT writes them: COCO has one
+    ``instances_<subset>.json`` and ``images/<subset>/`` per subset; CVAT XML names a task's
+    subset in its meta, and a ``project`` export's images carry a ``subset`` attribute and lie
+    in ``images/<subset>/``.
     """
     if format == COCO_FORMAT:
         writer: _ExportWriter = _CocoWriter(labels)
     elif format == CVAT_IMAGES_FORMAT:
-        writer = _CvatImagesWriter(labels, task_name, task_id, segments)
+        writer = _CvatImagesWriter(labels, task_name, task_id, segments, project)
     else:
         raise ValueError(f"unsupported export format {format!r}; use one of {EXPORT_FORMATS}")
     written = 0
@@ -318,10 +325,11 @@ def write_export(
             number = position if frame.frame is None else frame.frame
             if save_images:
                 # JPEG does not deflate: store it and spare the CPU.
-                archive.writestr(writer.image_path(frame.name), frame.jpeg, zipfile.ZIP_STORED)
+                archive.writestr(writer.image_path(frame), frame.jpeg, zipfile.ZIP_STORED)
             writer.add(frame, number)
             written += 1
-        archive.writestr(writer.annotation_path, writer.finish(written))
+        for path, data in writer.files(written):
+            archive.writestr(path, data)
     return written
 
 
@@ -344,8 +352,12 @@ class _ExportWriter:
 
     annotation_path: str
 
-    def image_path(self, name: str) -> str:
+    def image_path(self, frame: SyntheticFrame) -> str:
         raise NotImplementedError
+
+    def files(self, count: int) -> list[tuple[str, bytes]]:
+        """The annotation files, path and content, once every frame is added."""
+        return [(self.annotation_path, self.finish(count))]
 
     def add(self, frame: SyntheticFrame, number: int) -> None:
         raise NotImplementedError
@@ -354,20 +366,22 @@ class _ExportWriter:
         raise NotImplementedError
 
 
-class _CocoWriter(_ExportWriter):
-    """COCO 1.0 as CVAT (datumaro) writes it: ``annotations/instances_default.json``."""
+def _subset_name(frame: SyntheticFrame) -> str:
+    return frame.subset or "default"
 
-    annotation_path = "annotations/instances_default.json"
+
+class _CocoWriter(_ExportWriter):
+    """COCO 1.0 as CVAT (datumaro) writes it: ``annotations/instances_<subset>.json`` per subset."""
 
     def __init__(self, labels: Sequence[str]) -> None:
         self.category_ids = {name: i for i, name in enumerate(labels, start=1)}
-        self.images: list[dict] = []
-        self.annotations: list[dict] = []
+        self.subsets: dict[str, tuple[list[dict], list[dict]]] = {}  # subset -> (images, annotations)
 
-    def image_path(self, name: str) -> str:
-        return f"images/default/{name}"
+    def image_path(self, frame: SyntheticFrame) -> str:
+        return f"images/{_subset_name(frame)}/{frame.name}"
 
     def add(self, frame: SyntheticFrame, number: int) -> None:
+        self.images, self.annotations = self.subsets.setdefault(_subset_name(frame), ([], []))
         image_id = len(self.images) + 1
         self.images.append(
             {
@@ -403,7 +417,14 @@ class _CocoWriter(_ExportWriter):
             "attributes": attributes,
         }
 
-    def finish(self, count: int) -> bytes:
+    def files(self, count: int) -> list[tuple[str, bytes]]:
+        subsets = self.subsets or {"default": ([], [])}
+        return [
+            (f"annotations/instances_{subset}.json", self._document(images, annotations))
+            for subset, (images, annotations) in subsets.items()
+        ]
+
+    def _document(self, images: list[dict], annotations: list[dict]) -> bytes:
         document = {
             "licenses": [{"name": "", "id": 0, "url": ""}],
             "info": {
@@ -417,8 +438,8 @@ class _CocoWriter(_ExportWriter):
             "categories": [
                 {"id": cid, "name": name, "supercategory": ""} for name, cid in self.category_ids.items()
             ],
-            "images": self.images,
-            "annotations": self.annotations,
+            "images": images,
+            "annotations": annotations,
         }
         return json.dumps(document).encode()
 
@@ -434,22 +455,27 @@ class _CvatImagesWriter(_ExportWriter):
         task_name: str,
         task_id: int,
         segments: Sequence[tuple[int, int, int]],
+        project: bool = False,
     ) -> None:
         self.labels = list(labels)
         self.task_name = task_name
         self.task_id = task_id
         self.segments = list(segments)
+        self.project = project
+        self.subset = "default"  # a task's, for its meta: its frames all share it
         self.image_elements: list[ET.Element] = []
         self.frame_numbers: list[int] = []
 
-    def image_path(self, name: str) -> str:
-        return f"images/{name}"
+    def image_path(self, frame: SyntheticFrame) -> str:
+        return f"images/{_subset_name(frame)}/{frame.name}" if self.project else f"images/{frame.name}"
 
     def add(self, frame: SyntheticFrame, number: int) -> None:
-        element = ET.Element(
-            "image",
-            {"id": str(number), "name": frame.name, "width": str(frame.width), "height": str(frame.height)},
-        )
+        attributes = {"id": str(number), "name": frame.name}
+        if self.project:
+            attributes["subset"] = _subset_name(frame)
+        attributes |= {"width": str(frame.width), "height": str(frame.height)}
+        element = ET.Element("image", attributes)
+        self.subset = _subset_name(frame)
         for shape in frame.shapes:
             child = _shape_element(shape)
             if child is not None:
@@ -479,7 +505,7 @@ class _CvatImagesWriter(_ExportWriter):
             ("bugtracker", ""),
             ("created", "2026-01-01 00:00:00.000000+00:00"),
             ("updated", "2026-01-01 00:00:00.000000+00:00"),
-            ("subset", "default"),
+            ("subset", self.subset),
             ("start_frame", start),
             ("stop_frame", stop),
             ("frame_filter", ""),

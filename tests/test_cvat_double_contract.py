@@ -259,6 +259,76 @@ def test_job_export_has_the_recorded_task_layout_with_its_frames(
     assert images == [f"frame_{n:06d}.jpg" for n in range(5, 10)]
 
 
+def export_zip(double: CVATDouble, target: str, object_id: int, format_name: str) -> zipfile.ZipFile:
+    auth = {"Authorization": f"Bearer {double.DEFAULT_TOKEN}"}
+    params = {"format": format_name, "save_images": "True"}
+    url = f"{double.url}/api/{target}s/{object_id}/dataset/export"
+    rq_id = requests.post(url, params=params, headers=auth).json()["rq_id"]
+    final = {"status": "started"}
+    while final["status"] == "started":
+        final = get(double, f"/api/requests/{rq_id}").json()
+    return zipfile.ZipFile(io.BytesIO(requests.get(final["result_url"], headers=auth).content))
+
+
+def test_task_subset_is_exported_as_cvat_writes_it(cvat_double: CVATDouble) -> None:
+    """Not recorded (the recorded task has no subset): the recorded layout, with the subset's name."""
+    labels = [{"name": "car", "color": "#ff0000"}, PERSON]
+    task_id = cvat_double.add_task(
+        "t", labels, frames=10, width=320, height=240, segment_size=5, subset="Train"
+    )
+    task = assert_like_recording(get(cvat_double, f"/api/tasks/{task_id}"), "task")
+    assert task["subset"] == "Train"
+
+    coco = export_zip(cvat_double, "task", task_id, "COCO 1.0")
+    recorded_coco = zipfile.ZipFile(RECORDED / "export_coco_with_images.zip")
+    renamed = {n.replace("default", "Train") for n in member_layout(recorded_coco.namelist())}
+    assert member_layout(coco.namelist()) == renamed
+    assert_same_coco(
+        json.loads(recorded_coco.read("annotations/instances_default.json")),
+        json.loads(coco.read("annotations/instances_Train.json")),
+    )
+    xml = export_zip(cvat_double, "task", task_id, "CVAT for images 1.1")
+    recorded_xml = zipfile.ZipFile(RECORDED / "export_cvat_images_with_images.zip")
+    assert member_layout(xml.namelist()) == member_layout(recorded_xml.namelist())
+    root = ET.fromstring(xml.read("annotations.xml"))
+    assert_same_cvat_xml(ET.fromstring(recorded_xml.read("annotations.xml")), root)
+    assert root.findtext("meta/task/subset") == "Train"
+
+
+def test_project_subsets_keep_repeated_names_apart(cvat_double: CVATDouble) -> None:
+    from airflow_cvat.export_archive import read_labels_and_images
+
+    project_id = cvat_double.add_project("p", ["circle", "square"])
+    for subset in ("Train", "Validation", "Train"):
+        cvat_double.add_task(subset, frames=2, project_id=project_id, subset=subset)
+    project = get(cvat_double, f"/api/projects/{project_id}").json()
+    assert project["task_subsets"] == ["Train", "Validation"]
+
+    coco = export_zip(cvat_double, "project", project_id, "COCO 1.0")
+    assert sorted(n for n in coco.namelist() if n.startswith("annotations/")) == [
+        "annotations/instances_Train.json",
+        "annotations/instances_Validation.json",
+    ]
+    xml = export_zip(cvat_double, "project", project_id, "CVAT for images 1.1")
+    assert {e.get("subset") for e in ET.fromstring(xml.read("annotations.xml")).iter("image")} == {
+        "Train",
+        "Validation",
+    }
+    for archive in (coco, xml):
+        _, images = read_labels_and_images(archive)
+        keys = sorted((image.subset, image.name) for image in images)
+        # Same names in Train and Validation stay two images; the second Train task's are renamed.
+        assert keys == [
+            ("Train", "frame_000000.jpg"),
+            ("Train", "frame_000001.jpg"),
+            ("Train", "task_3_frame_000000.jpg"),
+            ("Train", "task_3_frame_000001.jpg"),
+            ("Validation", "frame_000000.jpg"),
+            ("Validation", "frame_000001.jpg"),
+        ]
+        assert all(image.member for image in images)
+
+
 def test_requests_list_matches_recording(seeded: CVATDouble, session: requests.Session) -> None:
     response = session.post(f"{seeded.url}/api/tasks/1/dataset/export?format=COCO+1.0&save_images=False")
     session.get(f"{seeded.url}/api/requests/{response.json()['rq_id']}")

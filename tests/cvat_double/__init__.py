@@ -27,7 +27,11 @@ Content (ids count from 1 per kind, like CVAT's database):
     the caller is not a member of gives 403; ``?org=`` (empty) means the personal workspace.
   - ``add_project(name, labels, organization=None) -> project_id``
   - ``add_task(name, labels=None, frames=10, *, segment_size=0, project_id=None,
-    organization=None, width=128, height=128, seed=0, max_objects=3, annotated=True) -> task_id``.
+    organization=None, width=128, height=128, seed=0, max_objects=3, annotated=True,
+    subset="") -> task_id``. ``subset`` ("Train", "Validation", ...) shows in the task and its
+    project's ``task_subsets`` and is exported as CVAT does: COCO ``instances_<subset>.json`` and
+    ``images/<subset>/``; CVAT XML the task meta's ``<subset>``, or in a project export each
+    ``<image subset=...>`` under ``images/<subset>/`` (a name repeats across subsets, not within).
     ``frames`` is a count (synthetic frames regenerated from ``seed`` on demand, never all held
     in memory) or an iterable of ``airflow_cvat.synthetic.SyntheticFrame``. Labels are names or
     ``{"name", "color", "attributes": [{"name", "input_type", "values", ...}]}``; a project's

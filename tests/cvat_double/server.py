@@ -268,8 +268,12 @@ class CVATDouble:
         seed: int = 0,
         max_objects: int = 3,
         annotated: bool = True,
+        subset: str = "",
     ) -> int:
         """Create a task with one annotation job per ``segment_size`` frames; return its id.
+
+        ``subset`` is CVAT's task subset ("Train", "Validation", "Test", ...): exports write it
+        as CVAT does (COCO ``instances_<subset>.json``, the CVAT XML meta or image attribute).
 
         ``frames`` as a count draws synthetic frames from ``seed`` (regenerated on demand,
         never all held); as an iterable of SyntheticFrame, they are kept as given. Their shapes
@@ -294,6 +298,7 @@ class CVATDouble:
                 project_id=project_id,
                 organization_id=org_id,
                 labels=state.make_labels(own_labels, "task_id", task_id),
+                subset=subset,
             )
             drawing = tuple(label.name for label in state.task_labels(task))
             task.source = self._frame_source(frames, drawing, width, height, seed, max_objects)
@@ -698,7 +703,7 @@ class _Api:
             "tasks": {"count": len(tasks), "url": f"{self.base}/api/tasks?project_id={project.id}"},
             "labels": {"url": f"{self.base}/api/labels?project_id={project.id}"},
             "assignee_updated_date": None,
-            "task_subsets": [],
+            "task_subsets": sorted({t.subset for t in tasks if t.subset}),
         }
 
     def project(self, call: _Call, project_id: int) -> Project:
@@ -752,7 +757,7 @@ class _Api:
             "dimension": "2d",
             "mode": "annotation",
             "media_type": "image",
-            "subset": "",
+            "subset": task.subset,
             "organization_id": task.organization_id,
             "organization": task.organization_id,
             "target_storage": None,
@@ -1198,6 +1203,7 @@ class _Api:
                 task_name=name,
                 task_id=task_id,
                 segments=segments,
+                project=request.target == "project",
             )
         stamp = time.strftime("%Y_%m_%d_%H_%M_%S", time.gmtime())
         kind = "dataset" if request.save_images else "annotations"
@@ -1254,13 +1260,16 @@ def _annotation_doc(shapes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _renumbered(groups: Iterable[tuple[int, Iterable[SyntheticFrame]]]) -> Iterable[SyntheticFrame]:
-    """A project export numbers frames across its tasks; a name seen before gets a task prefix."""
+    """A project export numbers frames across its tasks; a name seen before gets a task prefix.
+
+    Names are per subset: each subset is its own folder, so two subsets may hold the same name.
+    """
     number, seen = 0, set()
     for task_id, group in groups:
         for frame in group:
-            if frame.name in seen:
+            if (frame.subset, frame.name) in seen:
                 frame.name = f"task_{task_id}_{frame.name}"
-            seen.add(frame.name)
+            seen.add((frame.subset, frame.name))
             frame.frame = number
             number += 1
             yield frame

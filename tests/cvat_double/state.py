@@ -211,6 +211,7 @@ class Task:
     job_ids: list[int] = field(default_factory=list)
     deleted_frames: set[int] = field(default_factory=set)
     shapes: list[dict[str, Any]] = field(default_factory=list)
+    subset: str = ""  # CVAT's task subset ("Train", "Validation", ...); "" for none
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
 
@@ -458,5 +459,8 @@ class State:
         for number in frames:
             image = task.source.image(number)
             yield dataclasses.replace(
-                image, shapes=self.synthetic_shapes(task, by_frame.get(number, [])), frame=number
+                image,
+                shapes=self.synthetic_shapes(task, by_frame.get(number, [])),
+                frame=number,
+                subset=task.subset,
             )
