@@ -250,18 +250,19 @@ def _sha256(path: Path) -> str:
 def read_archive(archive: Archive, path: Path, report: PrepareReport) -> list[ImageRecord]:
     """The selected images of one export zip; those the zip lacks are dropped and listed.
 
-    Tags, points, polylines... (not detection shapes) are counted here, per type and per label.
+    Tags, points, polylines... (not detection shapes) of the kept images are counted here, per
+    type and per label; a dropped image counts once, as an image, not by its shapes.
     """
     with zipfile.ZipFile(path) as zf:
         _, images = read_labels_and_images(zf)
     records = []
     for image in iter_selected(images, archive.frame_names):
         record = _record(archive, path, image)
-        for shape in image.others:
-            report.drop_shape(shape.label, f"unsupported_{shape.type}")
         if not image.member:
             report.drop_image(record, "image_not_in_zip", "not in the zip: the annotations name it")
             continue
+        for shape in image.others:
+            report.drop_shape(shape.label, f"unsupported_{shape.type}")
         records.append(record)
     return records
 
