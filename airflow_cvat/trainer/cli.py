@@ -7,6 +7,7 @@ Subcommands (all URIs are file:// or s3://; a bare path means a local folder)::
               prepare -> train -> evaluate -> export; each stage skips when its output is
               already complete in --output, so a retried pod resumes instead of starting over.
     prepare   --dataset URI --output URI [--model NAME] [--validation-fraction 0.1]
+              [--arguments "max_dropped_images=0.05;keep_empty_labels=false"] (with --model)
     evaluate  --output URI [--model NAME --arguments TEXT --catalog FILE]   (defaults: run.json)
     export    --output URI [--model NAME --arguments TEXT --catalog FILE]
     validate  --model NAME [--arguments TEXT] [--catalog FILE] [--num-images N]   (no TensorFlow)
