@@ -78,3 +78,40 @@ def test_unconfigured_bridge_names_the_connection_to_create(airflow_api, monkeyp
     invalid = requests.post(f"{airflow_api.url}/cvat/webhook", data=b"{}", timeout=30)
     assert invalid.status_code == 503 and "Extra of Airflow connection 'cvat_webhook'" in invalid.text
     assert "s3cret-value" not in invalid.text and "soon" not in invalid.text
+
+
+STRICT_DAG = """
+from airflow.sdk import DAG, Param
+from airflow.providers.standard.operators.empty import EmptyOperator
+
+with DAG(dag_id="{dag_id}", schedule=None, catchup=False,
+         params={{"project_id": Param(None, type=["null", "integer"]),
+                  "model": Param(None, type=["null", "string"], enum=[None, "ssd-mobilenet-v2-coco"])}}):
+    EmptyOperator(task_id="noop")
+"""
+
+
+def test_a_routing_conf_the_dags_params_refuse_is_a_422_not_a_retried_500(
+    airflow_api, webhook_conn, monkeypatch
+) -> None:
+    """cvat_retrain's params check choices (e.g. the model list); a route naming another model is
+    a configuration mistake CVAT's retries cannot fix, so the answer is a 4xx naming it."""
+    import requests
+    from airflow.configuration import conf as airflow_conf
+
+    from tests.fixtures import webhooks
+
+    monkeypatch.setattr(webhooks, "_DAG_SOURCE", STRICT_DAG)
+    paths = webhooks.serialize_dags(Path(airflow_conf.get("core", "dags_folder")), ("cvat_strict",))
+    try:
+        webhook_conn(dag_id="cvat_strict", conf={"model": "yolo-v9"}, cooldown_seconds=0)
+        delivery = webhooks.deliveries()[7]  # the recorded job completion (project 1)
+        answer = requests.post(
+            airflow_api.webhook_url, data=delivery.body, headers=delivery.headers, timeout=30
+        )
+        assert answer.status_code == 422, answer.text
+        assert "param model" in answer.json()["detail"] and "'cvat_webhook'" in answer.json()["detail"]
+        assert webhooks.dag_runs("cvat_strict") == []
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)

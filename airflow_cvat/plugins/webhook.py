@@ -132,7 +132,7 @@ def trigger(decision: Decision) -> tuple[int, dict[str, Any]]:
     two api-server workers: the loser's insert fails and it answers with the winner's run.
     """
     from airflow.api.common.trigger_dag import trigger_dag
-    from airflow.exceptions import DagNotFound, DagRunAlreadyExists
+    from airflow.exceptions import DagNotFound, DagRunAlreadyExists, ParamValidationError
     from airflow.utils.session import create_session
     from airflow.utils.types import DagRunTriggeredByType, DagRunType
     from sqlalchemy.exc import IntegrityError, OperationalError
@@ -154,6 +154,14 @@ def trigger(decision: Decision) -> tuple[int, dict[str, Any]]:
     except (DagRunAlreadyExists, IntegrityError):
         log.info("CVAT webhook: %s merged into run %s", decision.note, decision.run_id)
         return 200, {"status": "merged", **answer}
+    except ParamValidationError as error:
+        # The route's conf does not fit the DAG's params (e.g. a model the form does not list): a
+        # retry cannot fix it, so a 4xx (CVAT retries 5xx) that says what to change.
+        log.error("CVAT webhook: conf %s refused by DAG %r: %s", decision.conf, decision.dag_id, error)
+        detail = (
+            f"the conf for DAG {decision.dag_id!r} is refused: {error}; fix the routing conf in connection"
+        )
+        return 422, {"status": "error", "detail": f"{detail} {conn_id()!r}"}
     except DagNotFound:
         log.error("CVAT webhook: DAG %r is not known to Airflow (not parsed yet?)", decision.dag_id)
         return 404, {"status": "error", "detail": f"DAG {decision.dag_id!r} not found"}
