@@ -145,3 +145,108 @@ def test_cvat_connection_form_shows_the_declared_fields(page: Page, screenshots:
         if spec.get("description"):
             expect(row).to_contain_text(spec["description"])
     shot(page, screenshots, "connection-extra-fields")
+
+
+# ---------------------------------------------------------------------------------------------
+# The trigger form of cvat_retrain
+# ---------------------------------------------------------------------------------------------
+
+TASK_IDS = "12, 13"
+MODEL = "frcnn-res50-coco"
+ARGUMENTS = "epochs=100;batch_size=4;initial_learning_rate=0.0003"
+MALFORMED_ARGUMENTS = "epochs=100 batch_size=4"  # a space where the ';' belongs
+
+
+def dag_params(stack: AirflowStack) -> dict[str, dict[str, Any]]:
+    """The params as the UI receives them: value (the default), schema, description."""
+    return stack.api(f"dags/{DAG_ID}/details")["params"]
+
+
+def open_trigger_form(page: Page) -> Locator:
+    """The DAG's page, its Trigger button, the dialog with the params' form."""
+    page.goto(f"/dags/{DAG_ID}")
+    page.get_by_role("button", name="Trigger").first.click()
+    dialog = open_dialog(page, f"Trigger Dag - {DAG_ID}")
+    expect(dialog.get_by_role("button", name="Run Parameters")).to_be_visible()
+    return dialog
+
+
+def trigger_button(dialog: Locator) -> Locator:
+    return dialog.get_by_test_id("trigger-dag-submit")
+
+
+def keep_paused(dialog: Locator) -> None:
+    """Untick "Unpause cvat_retrain on trigger" (ticked by default), as the README advises.
+
+    Unpausing would let the scheduler start the nightly schedule too; a person trying the form
+    wants one run, not that.
+    """
+    label = f"Unpause {DAG_ID} on trigger"
+    dialog.get_by_text(label, exact=True).click()
+    expect(dialog.get_by_role("checkbox", name=label)).not_to_be_checked()
+
+
+def param_row(page: Page, dialog: Locator, name: str) -> Locator:
+    """The form's row for one param (label, widget, description), found by the widget's name."""
+    return dialog.get_by_role("group").filter(has=page.locator(f"[name='element_{name}']"))
+
+
+def test_trigger_form_runs_what_a_person_typed(
+    page: Page, airflow_stack: AirflowStack, screenshots: Path
+) -> None:
+    """Defaults trigger; ids, a model and arguments typed key by key arrive unchanged in the conf."""
+    params = dag_params(airflow_stack)
+    page.set_viewport_size({"width": 1400, "height": 2800})  # the whole form in one screenshot
+    dialog = open_trigger_form(page)
+
+    # As it opens: nothing marked required, choices show their names (never "null"), Trigger works.
+    expect(dialog.locator("label[data-required]")).to_have_count(0)
+    for name, param in params.items():
+        if names := param["schema"].get("values_display"):
+            default = "null" if param["value"] is None else str(param["value"])
+            expect(param_row(page, dialog, name)).to_contain_text(names[default])
+    expect(trigger_button(dialog)).to_be_enabled()
+    shot(page, screenshots, "trigger-form-defaults")
+
+    keep_paused(dialog)
+    type_like_a_person(page, dialog.locator("#element_task_ids"), TASK_IDS)
+    expect(dialog.locator("#element_task_ids")).to_have_value(TASK_IDS)  # not reformatted mid-typing
+    dialog.get_by_role("combobox", name=params["model"]["schema"]["title"]).click()
+    page.get_by_role("option", name=params["model"]["schema"]["values_display"][MODEL], exact=True).click()
+    type_like_a_person(page, dialog.locator("#element_arguments"), ARGUMENTS)
+    expect(dialog.locator("#element_arguments")).to_have_value(ARGUMENTS)
+    expect(trigger_button(dialog)).to_be_enabled()
+    shot(page, screenshots, "trigger-form-typed")
+
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/dagRuns")) as posted:
+        trigger_button(dialog).click()
+    assert posted.value.ok, posted.value.text()
+    run_id = posted.value.json()["dag_run_id"]
+    expect(dialog).to_be_hidden()
+    shot(page, screenshots, "triggered")
+
+    run = airflow_stack.api(f"dags/{DAG_ID}/dagRuns/{run_id}")
+    defaults = {name: param["value"] for name, param in params.items()}
+    assert run["conf"] == {**defaults, "task_ids": TASK_IDS, "model": MODEL, "arguments": ARGUMENTS}
+    assert run["run_type"] == "manual"
+    assert airflow_stack.api(f"dags/{DAG_ID}")["is_paused"] is True
+    runs = airflow_stack.api(f"dags/{DAG_ID}/dagRuns")["dag_runs"]
+    assert [(r["dag_run_id"], r["state"]) for r in runs] == [(run_id, "queued")]  # paused: waits
+
+
+def test_trigger_form_refuses_malformed_arguments(
+    page: Page, airflow_stack: AirflowStack, screenshots: Path
+) -> None:
+    """Arguments that do not parse are refused before a run exists, with the field named."""
+    runs_before = airflow_stack.api(f"dags/{DAG_ID}/dagRuns")["total_entries"]
+    page.set_viewport_size({"width": 1400, "height": 2800})
+    dialog = open_trigger_form(page)
+    keep_paused(dialog)
+    type_like_a_person(page, dialog.locator("#element_arguments"), MALFORMED_ARGUMENTS)
+
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/dagRuns")) as posted:
+        trigger_button(dialog).click()
+    assert posted.value.status == 400, posted.value.text()
+    expect(dialog.get_by_text("Invalid input for param arguments")).to_be_visible()
+    shot(page, screenshots, "trigger-form-malformed-arguments")
+    assert airflow_stack.api(f"dags/{DAG_ID}/dagRuns")["total_entries"] == runs_before
