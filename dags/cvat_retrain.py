@@ -44,6 +44,7 @@ nobody has started, and emails a report: how good the model is and whether it re
 - Environment (dag-processor and workers): `CVAT_RETRAIN_SCHEDULE` (cron; default `0 2 * * *`;
   `none` switches it off), `CVAT_RETRAIN_KUBERNETES=true` for GPU pods, `CVAT_RETRAIN_EMAILS`,
   `CVAT_QUALITY_MARGIN` (AP50 a new model may lose and still replace LATEST; default 0.02),
+  `CVAT_QUALITY_FLOOR` (the AP50 below which a model never becomes LATEST; default 0.3),
   `CVAT_RETRAIN_MODELS` / `CVAT_MACHINE_TYPE_NAMES` (your own models and machine types, listed in the form).
 
 The DAG starts **paused**: unpausing switches the nightly run on. A scheduled run with no source
@@ -89,7 +90,8 @@ TASK_DOCS = {
     "where_to_train": "Chooses the training task the run's `execution` names (local or Kubernetes).",
     "publish": "Evaluates the trained model, exports a SavedModel, the CVAT nuclio function and the "
     "auto-annotation module into `{root}/models/{name}/{version}/`, and moves `LATEST` only when the "
-    "model is at least as good as the previous one (within CVAT_QUALITY_MARGIN).",
+    "model is at least as good as the previous one (within CVAT_QUALITY_MARGIN) and reaches "
+    "CVAT_QUALITY_FLOOR.",
     "record_dataset": "Records the dataset as trained on, so the next nightly run skips it when "
     "nothing changed.",
     "pre_annotate": "Optional (the form's Pre-annotate switch): runs the model LATEST names over jobs "
