@@ -164,7 +164,7 @@ def _from_pulled(folder: Path, info: dict[str, Any], source: str) -> BaseWeights
             raise FileNotFoundError(
                 f"{source}/{PULLED} names checkpoint {info.get('checkpoint')!r}, which has no .index there"
             )
-    origin = info.get("source") or source
+    origin = info.get("published") or info.get("source") or source  # the public URI, not the mirror
     return BaseWeights(str(path), kind, tuple(modules), origin, name=info.get("name"))
 
 

@@ -2,7 +2,8 @@
 
 Why: the seed offered Faster R-CNN with these two, and the Model Garden has neither, but it
 lets a project register its own backbone (``register_backbone_builder``) behind a config type.
-We wrap the Keras application (no top, no weights: the base checkpoint supplies them) and
+We wrap the Keras application (no top, no weights: the published ImageNet h5 is loaded
+afterwards, in the application's own layer order, by ``pretrained.py``) and
 expose its last feature map at strides 8, 16 and 32 as levels "3", "4", "5", which the FPN
 decoder consumes like ResNet's. Keras's "valid" convolutions give sizes that are not exact
 multiples of the stride, so each level is resized to ceil(size / stride) to keep the FPN's
