@@ -338,16 +338,18 @@ class CVATExportOperator(BaseOperator):
         selected: list[SelectedJob] = []
         left_out: list[dict] = []
         unfinished_annotation_job = False
-        for job in sorted(hook.get_jobs(task_id), key=lambda j: j.id):
-            info = {"task_id": task_id, "job_id": job.id, "type": str(job.type), "state": str(job.state)}
-            info["stage"] = str(job.stage)
+        jobs = hook.list_raw("jobs", f"jobs of task {task_id}", task_id=task_id)
+        for job in sorted(jobs, key=lambda j: j["id"]):
+            info = {"task_id": task_id, "job_id": job["id"], "type": job["type"], "state": job["state"]}
+            info["stage"] = job["stage"]
             if not self._is_finished(info):
                 left_out.append(info)
                 unfinished_annotation_job |= info["type"] == "annotation"
                 continue
-            frames = [f for f in range(job.start_frame, job.stop_frame + 1) if f not in deleted]
+            start, stop = job["start_frame"], job["stop_frame"]
+            frames = [f for f in range(start, stop + 1) if f not in deleted]
             frame_names = [names[f] for f in frames if f < len(names)]
-            selected.append(SelectedJob(task_id, job.id, frames, frame_names, job.stop_frame))
+            selected.append(SelectedJob(task_id, job["id"], frames, frame_names, stop))
         covered = {f for job in selected for f in job.frames}
         every_frame = covered == {f for f in range(len(names)) if f not in deleted}
         return selected, left_out, bool(selected) and not unfinished_annotation_job and every_frame
@@ -374,13 +376,20 @@ class CVATExportOperator(BaseOperator):
 
     def _labels(self, hook: CVATHook, task_ids: list[int], project_id: int | None) -> list[Label]:
         raw = (
-            hook.get_labels(project_id=project_id)
+            hook.list_raw("labels", f"labels of project {project_id}", project_id=project_id)
             if project_id is not None
-            else [label for task_id in task_ids for label in hook.get_labels(task_id=task_id)]
+            else [
+                label
+                for task_id in task_ids
+                for label in hook.list_raw("labels", f"labels of task {task_id}", task_id=task_id)
+            ]
         )
         labels: dict[str, Label] = {}
         for label in raw:
-            labels.setdefault(label.name, Label(id=label.id, name=label.name, type=str(label.type)))
+            if label.get("parent_id") is None:  # skeleton points are not labels of their own
+                labels.setdefault(
+                    label["name"], Label(id=label["id"], name=label["name"], type=label["type"])
+                )
         return list(labels.values())
 
     def _fingerprint(self, hook: CVATHook, jobs: list[SelectedJob], labels: list[Label]) -> str:
