@@ -165,7 +165,8 @@ def _from_pulled(folder: Path, info: dict[str, Any], source: str) -> BaseWeights
                 f"{source}/{PULLED} names checkpoint {info.get('checkpoint')!r}, which has no .index there"
             )
     origin = info.get("published") or info.get("source") or source  # the public URI, not the mirror
-    return BaseWeights(str(path), kind, tuple(modules), origin, name=info.get("name"))
+    random = str(info.get("weights", "")).startswith("random")  # an init-base folder, passed on
+    return BaseWeights(str(path), kind, tuple(modules), origin, random=random, name=info.get("name"))
 
 
 def _latest_checkpoint(folder: Path) -> str | None:
