@@ -177,10 +177,11 @@ def trigger_button(dialog: Locator) -> Locator:
 
 
 def keep_paused(dialog: Locator) -> None:
-    """Untick "Unpause cvat_retrain on trigger" (ticked by default), as the README advises.
+    """Untick "Unpause cvat_retrain on trigger" (Airflow ticks it by default).
 
-    Unpausing would let the scheduler start the nightly schedule too; a person trying the form
-    wants one run, not that.
+    The DAG is created paused; unpausing it would also start its nightly schedule, and with the
+    scheduler running here that would be a second, unasked-for run. Ticked or not is the person's
+    choice; this test takes the careful one and checks that the DAG then stays paused.
     """
     label = f"Unpause {DAG_ID} on trigger"
     dialog.get_by_text(label, exact=True).click()
