@@ -6,7 +6,7 @@ For each job count, a task of `--images` generated 128x128 JPEGs is split into t
 all completed, and exported twice from one child process: by cvat-sdk (`make_client`,
 `tasks.retrieve(id).export_dataset(..., include_images=True)`, polling every `--sdk-period`
 seconds, 0.1 by default: the sdk's own default of 5 s would flatter the operator) and by the
-operator (`execute`, its defaults, `skip_unchanged=False`). The double runs with
+operator (`execute`, its defaults, `record_latest=False` so that repeats are not skipped). The double runs with
 `background_exports`: a worker thread writes each export while the clients poll, so both wait
 for the same server-side work. Median of `--repeat` runs, after a warm-up of both on a small
 task (first-use imports are not export work). The operator's time includes what the sdk call
@@ -41,8 +41,9 @@ def sdk(task, path):
         client.tasks.retrieve(task).export_dataset("COCO 1.0", path, include_images=True)
 
 def operator(task, destination):
+    # Defaults, fingerprint check included; record_latest=False so that the next run is not skipped.
     CVATExportOperator(task_id="export", task_ids=[task], destination=destination,
-                       skip_unchanged=False).execute(context={})
+                       record_latest=False).execute(context={})
 
 def timed(fn, *args):
     start = time.perf_counter()
