@@ -22,6 +22,8 @@ from airflow_cvat.operators.convert import (
 )
 from tests.fixtures.publish import LABELS, make_run
 
+pytestmark = pytest.mark.usefixtures("convert_once")  # one TensorFlow conversion per distinct model
+
 # ---- the gate as a pure rule -------------------------------------------------------------------
 
 
@@ -231,7 +233,7 @@ _RUN_DEPLOYABLES = textwrap.dedent(
     from pathlib import Path
     from PIL import Image, ImageDraw
 
-    version, threshold = Path(sys.argv[1]), float(sys.argv[2])
+    version, thresholds = Path(sys.argv[1]), [float(t) for t in sys.argv[2:]]
     image = Image.new("RGB", (200, 100), (40, 60, 90))
     ImageDraw.Draw(image).ellipse([50, 25, 150, 75], fill=(220, 40, 40))
     buffer = io.BytesIO(); image.save(buffer, format="JPEG")
@@ -248,38 +250,41 @@ _RUN_DEPLOYABLES = textwrap.dedent(
     log = types.SimpleNamespace(info=lambda *a, **k: None)
     context = types.SimpleNamespace(logger=log, user_data=types.SimpleNamespace(), Response=Response)
     main.init_context(context)
-    event = types.SimpleNamespace(body={"image": base64.b64encode(buffer.getvalue()).decode(),
-                                        "threshold": threshold})
-    response = main.handler(context, event)
-    nuclio = {"status": response.status_code, "content_type": response.content_type,
-              "body": json.loads(response.body)}
-
     # cvat-sdk auto-annotation function, as cvat-cli --function-file loads it.
     function = load(version / "cvat_function.py", "cvat_function")
-    ctx = types.SimpleNamespace(frame_name="f.jpg", conf_threshold=threshold, conv_mask_to_poly=False)
-    shapes = function.detect(ctx, Image.open(io.BytesIO(buffer.getvalue())))
     # What the SavedModel itself says, for comparison.
     import numpy as np, tensorflow as tf
     serve = tf.saved_model.load(str(version / "saved_model")).signatures["serving_default"]
     array = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))[None]
     out = {k: v.numpy()[0] for k, v in serve(images=tf.constant(array)).items()}
     n = int(out["num_detections"])
-    pairs = zip(out["detection_classes"][:n], out["detection_scores"][:n])
-    direct = [int(c) for c, sc in pairs if sc >= threshold]
-    print(json.dumps({
-        "direct": direct,
-        "nuclio": nuclio,
-        "spec": [{"id": l.id, "name": l.name, "type": l.type} for l in function.spec.labels],
-        "shapes": [{"type": s.type.value, "label_id": s.label_id, "points": s.points,
-                    "cls": type(s).__name__} for s in shapes],
-    }))
+
+    answers = []
+    for threshold in thresholds:
+        event = types.SimpleNamespace(body={"image": base64.b64encode(buffer.getvalue()).decode(),
+                                            "threshold": threshold})
+        response = main.handler(context, event)
+        nuclio = {"status": response.status_code, "content_type": response.content_type,
+                  "body": json.loads(response.body)}
+        ctx = types.SimpleNamespace(frame_name="f.jpg", conf_threshold=threshold, conv_mask_to_poly=False)
+        shapes = function.detect(ctx, Image.open(io.BytesIO(buffer.getvalue())))
+        pairs = zip(out["detection_classes"][:n], out["detection_scores"][:n])
+        answers.append({
+            "direct": [int(c) for c, sc in pairs if sc >= threshold],
+            "nuclio": nuclio,
+            "spec": [{"id": l.id, "name": l.name, "type": l.type} for l in function.spec.labels],
+            "shapes": [{"type": s.type.value, "label_id": s.label_id, "points": s.points,
+                        "cls": type(s).__name__} for s in shapes],
+        })
+    print(json.dumps(answers))
     """
 )
 
 
-def run_deployables(version: Path, threshold: float) -> dict:
+def run_deployables(version: Path, *thresholds: float) -> list[dict]:
+    """One answer per threshold, from one process (TensorFlow starts once)."""
     completed = subprocess.run(
-        [sys.executable, "-c", _RUN_DEPLOYABLES, str(version), str(threshold)],
+        [sys.executable, "-c", _RUN_DEPLOYABLES, str(version), *map(str, thresholds)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -291,7 +296,7 @@ def run_deployables(version: Path, threshold: float) -> dict:
 def test_nuclio_handler_and_cvat_function_serve_the_published_model(fake_runs, tmp_path):
     root = tmp_path / "root"
     outcome = publish(make_run(fake_runs, root / "runs" / "a", ap50=0.7), root.as_uri(), version="v1")
-    answer = run_deployables(Path(outcome["uri"].removeprefix("file://")), 0.5)
+    answer, high = run_deployables(Path(outcome["uri"].removeprefix("file://")), 0.5, 0.8)
 
     nuclio = answer["nuclio"]
     assert nuclio["status"] == 200 and nuclio["content_type"] == "application/json"
@@ -311,7 +316,6 @@ def test_nuclio_handler_and_cvat_function_serve_the_published_model(fake_runs, t
     ]
     assert answer["shapes"][0]["points"] == pytest.approx([50, 25, 150, 75])
     # The caller's threshold is honoured.
-    high = run_deployables(Path(outcome["uri"].removeprefix("file://")), 0.8)
     assert [s["label"] for s in high["nuclio"]["body"]] == ["circle"] and len(high["shapes"]) == 1
 
 
@@ -323,7 +327,7 @@ def test_mask_model_serves_cvat_masks(fake_runs, tmp_path):
     version = Path(outcome["uri"].removeprefix("file://"))
     function = yaml.safe_load((version / "nuclio" / "function.yaml").read_text())
     assert {e["type"] for e in json.loads(function["metadata"]["annotations"]["spec"])} == {"mask"}
-    answer = run_deployables(version, 0.5)
+    [answer] = run_deployables(version, 0.5)
     circle = answer["nuclio"]["body"][0]
     assert circle["type"] == "mask" and circle["label"] == "circle"
     # CVAT's mask points: run lengths over the box (inclusive, row-major, starting with zeros),
@@ -343,7 +347,7 @@ def test_real_trained_run_publishes_and_serves(trained_run, tmp_path):
     assert (version / "report" / "training.png").is_file() and (
         version / "report" / "preview-1.png"
     ).is_file()
-    answer = run_deployables(version, 0.0)
+    [answer] = run_deployables(version, 0.0)
     # A 60-step model often detects nothing (the Model Garden drops scores under 0.05 before NMS),
     # so the check is agreement with the SavedModel itself, shape by shape, not a count.
     names = {e["name"] for e in LABELS}

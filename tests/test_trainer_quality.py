@@ -17,31 +17,13 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from airflow_cvat.synthetic import generate_frames  # noqa: E402
-from airflow_cvat.trainer.fixtures import make_dataset  # noqa: E402
-from tests.trainer_helpers import run_trainer  # noqa: E402
-
-IMAGES, SIZE = 300, 128
-ARGUMENTS = "epochs=600;batch_size=4;input_size=128;initial_learning_rate=0.02"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("quality")
-    make_dataset(root / "dataset", IMAGES, size=SIZE)
-    output = (root / "runs" / "r1").as_uri()
-    code, result, stderr = run_trainer(
-        "train",
-        "--dataset",
-        (root / "dataset").as_uri(),
-        "--output",
-        output,
-        "--model",
-        "ssd-mobilenet-v2-coco",
-        "--arguments",
-        ARGUMENTS,
-    )
-    assert code == 0, stderr[-4000:]
-    return root / "runs" / "r1", result, stderr
+def trained(ssd_run):
+    """The session's shared ssd run (tests/fixtures/publish.py): 300 images at 128 px, 600 steps,
+    batch 4, initial_learning_rate 0.02; trained once, also used by publishing and the email."""
+    return ssd_run.folder, ssd_run.result, ssd_run.log
 
 
 def test_result_and_layout(trained):
