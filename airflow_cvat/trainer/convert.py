@@ -262,11 +262,12 @@ def preview(
 
 
 def preview_font(canvas):
-    """A TrueType font about 1/28 of the image's height, at least 14 px (DejaVu where installed;
-    else Pillow's own scalable default, Pillow >= 10.1), so labels read at the email's size."""
+    """A TrueType font 1/28 of the image's width, at least 14 px (DejaVu where installed; else
+    Pillow's own scalable default, Pillow >= 10.1). The email shows previews 420 px wide, so
+    labels read there at about 15 px whatever the image's size."""
     from PIL import ImageFont
 
-    size = max(14, canvas.height // 28)
+    size = max(14, canvas.width // 28)
     for name in FONT_FILES:
         try:
             return ImageFont.truetype(name, size)
