@@ -488,3 +488,21 @@ def test_trigger_gives_up_at_its_deadline_with_the_last_status(cvat_double, monk
 
 async def collect(events):
     return [event async for event in events]
+
+
+def test_a_jobs_share_of_the_task_annotations_is_what_cvat_answers_for_the_job(cvat):
+    """The fingerprint reads a task's annotations once and cuts them by job: the cut must equal
+    CVAT's own job annotations, or an unchanged dataset would look changed (and vice versa)."""
+    from airflow_cvat.hooks.cvat import CVATHook
+    from airflow_cvat.operators.export import _job_share, _strip_volatile
+
+    task_id, jobs = finished_task(cvat, frames=12, segment_size=4)
+    cvat.delete_frames(task_id, [4, 5])  # deleted frames keep their annotations, in the job too
+    hook = CVATHook()
+    whole = _strip_volatile(hook.get_task_annotations(task_id))
+    for job in hook.list_raw("jobs", "jobs", task_id=task_id):
+        frames = range(job["start_frame"], job["stop_frame"] + 1)
+        expected = _strip_volatile(hook.get_job_annotations(job["id"]))
+        assert _job_share(whole, frames) == expected
+        assert expected["shapes"]  # the comparison is not between two empty lists
+    assert sorted(j["id"] for j in hook.list_raw("jobs", "jobs", task_id=task_id)) == jobs

@@ -56,7 +56,9 @@ class SelectedJob:
     job_id: int
     frames: list[int]
     frame_names: list[str]
-    stop_frame: int  # the job's range ends here even when its last frames are deleted
+    # The job's range in the task, deleted frames included (CVAT's job annotations cover them).
+    start_frame: int
+    stop_frame: int
 
 
 @dataclass
@@ -349,7 +351,7 @@ class CVATExportOperator(BaseOperator):
             start, stop = job["start_frame"], job["stop_frame"]
             frames = [f for f in range(start, stop + 1) if f not in deleted]
             frame_names = [names[f] for f in frames if f < len(names)]
-            selected.append(SelectedJob(task_id, job["id"], frames, frame_names, stop))
+            selected.append(SelectedJob(task_id, job["id"], frames, frame_names, start, stop))
         covered = {f for job in selected for f in job.frames}
         every_frame = covered == {f for f in range(len(names)) if f not in deleted}
         return selected, left_out, bool(selected) and not unfinished_annotation_job and every_frame
@@ -409,7 +411,9 @@ class CVATExportOperator(BaseOperator):
                 {
                     "job": job.job_id,
                     "frames": job.frame_names,
-                    "annotations": _job_share(by_task[job.task_id], _job_range(job)),
+                    "annotations": _job_share(
+                        by_task[job.task_id], range(job.start_frame, job.stop_frame + 1)
+                    ),
                 }
                 for job in jobs
             ],
@@ -616,17 +620,11 @@ def _remove_stale_archives(destination: ObjectStoragePath, keep: set[str]) -> No
             path.unlink(missing_ok=True)
 
 
-def _job_range(job: SelectedJob) -> range:
-    """The task frames a job spans, deleted ones included, as CVAT's job annotations do."""
-    start = job.frames[0] if job.frames else job.stop_frame
-    return range(min(start, job.stop_frame), job.stop_frame + 1)
-
-
 def _job_share(annotations: dict[str, Any], frames: range) -> dict[str, Any]:
     """A job's part of its task's annotations: tags and shapes on its frames, tracks clipped to them.
 
-    Deleted frames at the start of a job are not in ``job.frames``; CVAT's job range still holds
-    them, so the range is widened to the job's stop frame from its first known frame.
+    What ``GET /api/jobs/{id}/annotations`` answers, cut from one read of the task's, so that
+    the fingerprint is the same whichever way the annotations were read.
     """
     share: dict[str, Any] = {}
     for key, value in annotations.items():
