@@ -16,6 +16,7 @@ downloads its own build and cannot work offline. A missing browser fails the tes
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,3 +253,35 @@ def test_trigger_form_refuses_malformed_arguments(
     expect(dialog.get_by_text("Invalid input for param arguments")).to_be_visible()
     shot(page, screenshots, "trigger-form-malformed-arguments")
     assert airflow_stack.api(f"dags/{DAG_ID}/dagRuns")["total_entries"] == runs_before
+
+
+# ---------------------------------------------------------------------------------------------
+# The docs a user reads in the UI
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dag_and_task_docs_render_as_markdown(
+    page: Page, airflow_stack: AirflowStack, screenshots: Path
+) -> None:
+    """The DAG's doc_md shows its headings as headings; every task has docs, and they open.
+
+    The docs dialog is small and scrolls: its screenshot shows the top; the headings are checked
+    in the page itself.
+    """
+    doc_md = airflow_stack.api(f"dags/{DAG_ID}/details")["doc_md"]
+    headings = [m.group(1).replace("`", "") for m in re.finditer(r"^#{1,6}\s+(.+?)\s*$", doc_md, re.M)]
+    assert len(headings) >= 3, f"doc_md should be markdown with headings:\n{doc_md[:500]}"
+    tasks = {t["task_id"]: t.get("doc_md") for t in airflow_stack.api(f"dags/{DAG_ID}/tasks")["tasks"]}
+    assert [task for task, doc in tasks.items() if not doc] == []
+
+    page.goto(f"/dags/{DAG_ID}")
+    page.get_by_role("button", name="Dag Docs").click()
+    docs = open_dialog(page, "Dag Documentation")
+    for heading in headings:
+        expect(docs.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+    shot(page, screenshots, "dag-docs")
+
+    page.goto(f"/dags/{DAG_ID}/tasks/config")
+    page.get_by_role("button", name="Documentation").click()
+    expect(page.get_by_role("dialog")).to_contain_text(tasks["config"].split("`")[0].strip())
+    shot(page, screenshots, "task-docs-config")
