@@ -150,6 +150,7 @@ def gate(published: dict, new_ap50: float, latest: dict | None, **kwargs) -> dic
             "so LATEST still points to v0.",
             "stays",
         ),
+        (0.76, 0.76, "AP50 0.760, equal to 0.760 of version v0, which it replaces as LATEST.", "moved"),
         (0.20, 0.90, "AP50 0.200 is below the quality floor 0.3", "stays"),
     ],
 )

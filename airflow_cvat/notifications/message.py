@@ -155,8 +155,10 @@ def comparison(outcome: dict[str, Any]) -> str:
         moved = f"it replaces {old_version} as LATEST" if gate.get("moved") else still
         return f"AP50 {_ap(new)} against LATEST {old_version}'s {_ap(old)}: {moved}."
     delta = new - old
-    change = f"up {delta:.3f}" if delta > 5e-4 else f"down {-delta:.3f}" if delta < -5e-4 else "the same as"
-    compared = f"AP50 {_ap(new)}, {change} from {_ap(old)} of version {old_version}"
+    change = (
+        f"up {delta:.3f} from" if delta > 5e-4 else f"down {-delta:.3f} from" if delta < -5e-4 else "equal to"
+    )
+    compared = f"AP50 {_ap(new)}, {change} {_ap(old)} of version {old_version}"
     if gate.get("moved"):
         margin = f" (within the margin {gate.get('margin')})" if delta < -5e-4 else ""
         return f"{compared}{margin}, which it replaces as LATEST."
