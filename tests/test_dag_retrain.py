@@ -60,7 +60,8 @@ def pipeline(cvat_double, s3_bucket, smtp_server, base_weights, tmp_path, monkey
     monkeypatch.setenv("CVAT_QUALITY_FLOOR", "0")
 
     def run(**conf):
-        conf = {"task_ids": [task_id], "arguments": ARGUMENTS, "emails": ["team@example.com"]} | conf
+        # Ids as the trigger form sends them (text); REST and the webhook send lists (test_dag_form).
+        conf = {"task_ids": f"{task_id}", "arguments": ARGUMENTS, "emails": ["team@example.com"]} | conf
         return run_dag(DAG_FILE.read_text(), "cvat_retrain", conf)
 
     return {"run": run, "task_id": task_id, "bucket": s3_bucket, "mail": smtp_server, "cvat": cvat_double}
@@ -84,7 +85,9 @@ def test_retrains_publishes_pre_annotates_emails_then_skips_unchanged_data(pipel
     # A second task nobody has started: the new model pre-annotates it (the optional step).
     unstarted = cvat.add_task("shapes-todo", frames=4, segment_size=4, seed=5, annotated=False)
     started = time.perf_counter()
-    first = pipeline["run"](pre_annotate=True, pre_annotate_task_ids=[unstarted], pre_annotate_threshold=0.05)
+    first = pipeline["run"](
+        pre_annotate=True, pre_annotate_task_ids=f"{unstarted}\n", pre_annotate_threshold=0.05
+    )
     print(f"first run: {time.perf_counter() - started:.1f} s")
 
     assert task_states(first) == {
