@@ -6,11 +6,12 @@ For each job count, a task of `--images` generated 128x128 JPEGs is split into t
 all completed, and exported twice from one child process: by cvat-sdk (`make_client`,
 `tasks.retrieve(id).export_dataset(..., include_images=True)`, polling every `--sdk-period`
 seconds, 0.1 by default: the sdk's own default of 5 s would flatter the operator) and by the
-operator (`execute`, its defaults, `record_latest=False` so that repeats are not skipped). The double runs with
-`background_exports`: a worker thread writes each export while the clients poll, so both wait
-for the same server-side work. Median of `--repeat` runs, after a warm-up of both on a small
-task (first-use imports are not export work). The operator's time includes what the sdk call
-does not do: reading the jobs, the fingerprint, checking the zip and writing the manifest.
+operator (`execute`, its defaults, `record_latest=False` so that repeats are not skipped). The
+double runs with `background_exports`: a worker thread writes each export while the clients
+poll, so both wait for the same server-side work. Median of `--repeat` runs, after a warm-up of
+both on a small task (first-use imports are not export work). The operator's time includes what
+the sdk call does not do: reading the jobs, the fingerprint, checking the zip, the manifest.
+`--per-job` also times the job-by-job path (that of a task with unfinished jobs) over all jobs.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import json, statistics, sys, time
 from cvat_sdk import make_client
 from airflow_cvat.operators.export import CVATExportOperator
 
-url, token, task_id, warmup, workdir, repeat, sdk_period = sys.argv[1:8]
+url, token, task_id, warmup, workdir, repeat, sdk_period, per_job = sys.argv[1:9]
 import os; os.makedirs(workdir, exist_ok=True)
 task_id, warmup, repeat, sdk_period = int(task_id), int(warmup), int(repeat), float(sdk_period)
 
@@ -40,10 +41,12 @@ def sdk(task, path):
         client.config.status_check_period = sdk_period
         client.tasks.retrieve(task).export_dataset("COCO 1.0", path, include_images=True)
 
-def operator(task, destination):
+class PerJob(CVATExportOperator):
+    prefer_task_exports = False  # the path of a task with unfinished jobs, here over every job
+
+def operator(task, destination, cls=CVATExportOperator):
     # Defaults, fingerprint check included; record_latest=False so that the next run is not skipped.
-    CVATExportOperator(task_id="export", task_ids=[task], destination=destination,
-                       record_latest=False).execute(context={})
+    cls(task_id="export", task_ids=[task], destination=destination, record_latest=False).execute(context={})
 
 def timed(fn, *args):
     start = time.perf_counter()
@@ -52,11 +55,13 @@ def timed(fn, *args):
 
 sdk(warmup, f"{workdir}/warmup.zip")
 operator(warmup, f"file://{workdir}/warmup/run")
-sdk_times, op_times = [], []
+times = {"sdk": [], "operator": [], "per_job": []}
 for i in range(repeat):
-    sdk_times.append(timed(sdk, task_id, f"{workdir}/sdk-{i}.zip"))
-    op_times.append(timed(operator, task_id, f"file://{workdir}/op/run-{i}"))
-print(json.dumps({"sdk": statistics.median(sdk_times), "operator": statistics.median(op_times)}))
+    times["sdk"].append(timed(sdk, task_id, f"{workdir}/sdk-{i}.zip"))
+    times["operator"].append(timed(operator, task_id, f"file://{workdir}/op/run-{i}"))
+    if per_job == "1":
+        times["per_job"].append(timed(operator, task_id, f"file://{workdir}/job/run-{i}", PerJob))
+print(json.dumps({k: statistics.median(v) if v else None for k, v in times.items()}))
 """
 
 
@@ -68,7 +73,9 @@ def completed_task(cvat, images: int, jobs: int) -> int:
     return task_id
 
 
-def measure(cvat, images: int, jobs: int, repeat: int, sdk_period: float, workdir: Path) -> dict:
+def measure(
+    cvat, images: int, jobs: int, repeat: int, sdk_period: float, per_job: bool, workdir: Path
+) -> dict:
     task_id = completed_task(cvat, images, jobs)
     warmup = completed_task(cvat, 4, 1)
     env = os.environ | {
@@ -79,6 +86,7 @@ def measure(cvat, images: int, jobs: int, repeat: int, sdk_period: float, workdi
         "PYTHONPATH": str(ROOT),
     }
     args = [cvat.url, cvat.DEFAULT_TOKEN, task_id, warmup, workdir / f"jobs-{jobs}", repeat, sdk_period]
+    args.append(int(per_job))
     out = subprocess.run(
         [sys.executable, "-c", CHILD, *map(str, args)], env=env, capture_output=True, text=True
     )
@@ -95,14 +103,19 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 4, 20])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sdk-period", type=float, default=0.1)
+    parser.add_argument("--per-job", action="store_true", help="also time the job-by-job path")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, CVATDouble() as cvat:
         cvat.background_exports = True
-        print(f"{'jobs':>5} {'images':>7} {'cvat-sdk s':>11} {'operator s':>11} {'ratio':>6}")
+        header = f"{'jobs':>5} {'images':>7} {'cvat-sdk s':>11} {'operator s':>11} {'ratio':>6}"
+        print(header + (f" {'job by job s':>13} {'ratio':>6}" if args.per_job else ""))
         for jobs in args.jobs:
-            r = measure(cvat, args.images, jobs, args.repeat, args.sdk_period, Path(tmp))
-            ratio = r["operator"] / r["sdk"]
-            print(f"{jobs:>5} {args.images:>7} {r['sdk']:>11.2f} {r['operator']:>11.2f} {ratio:>6.2f}")
+            r = measure(cvat, args.images, jobs, args.repeat, args.sdk_period, args.per_job, Path(tmp))
+            line = f"{jobs:>5} {args.images:>7} {r['sdk']:>11.2f} {r['operator']:>11.2f}"
+            line += f" {r['operator'] / r['sdk']:>6.2f}"
+            if args.per_job:
+                line += f" {r['per_job']:>13.2f} {r['per_job'] / r['sdk']:>6.2f}"
+            print(line)
 
 
 if __name__ == "__main__":
