@@ -41,7 +41,9 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """Light tests first, so a failure shows in the first minutes; slow ones keep their order."""
     items.sort(
-        key=lambda item: bool(item.get_closest_marker("slow") or SLOW_FIXTURES & set(item.fixturenames))
+        key=lambda item: bool(
+            item.get_closest_marker("slow") or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        )
     )
 
 
