@@ -29,6 +29,7 @@ import pytest
 
 from airflow_cvat.synthetic import SyntheticFrame, generate_frame
 from airflow_cvat.trainer import preannotate as pa
+from airflow_cvat.trainer.preannotate import command
 from tests.fixtures.airflow import connection_env, task_states, xcom
 from tests.fixtures.publish import LABELS, FakeDetector
 
@@ -118,7 +119,9 @@ def run_cli(
 def annotate(model_root, monkeypatch, capsys, caplog):
     """``run_cli`` in this process: the same ``main``, the SavedModel replaced by FakeDetector."""
     masks = model_root / "models" / "masks"
-    monkeypatch.setattr(pa, "Detector", lambda path: FakeDetector(masks=Path(path).is_relative_to(masks)))
+    monkeypatch.setattr(
+        command, "Detector", lambda path: FakeDetector(masks=Path(path).is_relative_to(masks))
+    )
     caplog.set_level(logging.INFO)
 
     def run(

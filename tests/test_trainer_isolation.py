@@ -25,11 +25,17 @@ LIGHT = [  # the trainer modules that load without TensorFlow, and what they sha
     "airflow_cvat.trainer.cli",
     "airflow_cvat.trainer.prepare",
     "airflow_cvat.trainer.storage",
+    "airflow_cvat.trainer.preannotate",
     "airflow_cvat.trainer.fixtures",
     "airflow_cvat.catalog",
     "airflow_cvat.arguments",
     "airflow_cvat.manifest",
     "airflow_cvat.synthetic",
+]
+SHARED_CONTRACTS = [  # owned once, read by both worlds: the standard library only
+    "airflow_cvat.envelope",
+    "airflow_cvat.preannotation_request",
+    "airflow_cvat.cvat_policy",
 ]
 
 
@@ -50,6 +56,13 @@ def test_light_trainer_modules_import_neither_airflow_nor_tensorflow():
     assert not loaded & {"tensorflow", "official", "tf_keras"}, (
         "the CLI must answer bad input before TF loads"
     )
+
+
+def test_shared_contract_modules_need_only_the_standard_library():
+    at_start = _loaded_after_importing([])  # what site start-up loads (e.g. an editable install's finder)
+    loaded = _loaded_after_importing(SHARED_CONTRACTS) - at_start
+    third_party = loaded - set(sys.stdlib_module_names) - {"airflow_cvat"}
+    assert not third_party, f"shared contracts must be standard library only, loaded {sorted(third_party)}"
 
 
 def test_no_trainer_module_imports_airflow():

@@ -7,7 +7,6 @@ environment scrubbing, streaming, timeouts and clean-up behave the same everywhe
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -19,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from airflow_cvat.envelope import OK, read_result
 
 AIRFLOW_SECRET_PREFIXES = ("AIRFLOW_CONN_", "AIRFLOW_VAR_")
 """Connections and Variables given as environment variables: never for a child process."""
@@ -148,23 +149,6 @@ def _kill_group(process: subprocess.Popen, sig: int) -> None:
             pass
 
 
-def read_result(result_file: str, tail: list[str]) -> dict[str, Any] | None:
-    """A command's JSON result: the result file, else one of the last stdout lines that is JSON."""
-    candidates: list[str] = []
-    if os.path.exists(result_file):
-        with open(result_file, encoding="utf-8") as handle:
-            candidates.append(handle.read())
-    candidates += reversed(tail[-3:])
-    for text in candidates:
-        try:
-            value = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
-
-
 def checked_result(
     finished: Finished,
     result: dict[str, Any] | None,
@@ -176,10 +160,11 @@ def checked_result(
     """The result of an ``{"status": "ok"}`` run; otherwise the error, named ``{work} failed``.
 
     ``command`` names what ran in the crash messages ("the trainer"); an exit code in
-    ``bad_input_codes`` means retrying cannot help (AirflowFailException).
+    ``bad_input_codes`` (e.g. :data:`airflow_cvat.envelope.EXIT_BAD_INPUT`) means retrying cannot
+    help (AirflowFailException).
     """
     code = finished.code
-    if code == 0 and result is not None and result.get("status") == "ok":
+    if code == 0 and result is not None and result.get("status") == OK:
         return result
     if result is not None and result.get("status") == "error":
         error = AirflowFailException if code in tuple(bad_input_codes) else AirflowException

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 import traceback
@@ -32,15 +31,12 @@ from typing import Any
 
 from airflow_cvat.arguments import ArgumentError, TrainingArguments, parse_arguments
 from airflow_cvat.catalog import MODEL_OPTION, CatalogError, ModelSpec, get_model, load_catalog
+from airflow_cvat.envelope import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, crash, failure
+from airflow_cvat.envelope import emit as _emit
 
 log = logging.getLogger("airflow_cvat.trainer")
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 RUN_FILE = "run.json"
-
-
-class BadInput(ValueError):
-    """Input the user must fix (exit 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = build_parser().parse_args(argv)
     except BadInput as error:
-        return _emit({"status": "error", "error": str(error)}, EXIT_BAD_INPUT)
+        return _emit(failure(str(error)), EXIT_BAD_INPUT)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -103,13 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = handlers[options.command](options)
     except (BadInput, ArgumentError, CatalogError) as error:
-        return _emit({"status": "error", "error": str(error)}, EXIT_BAD_INPUT, result_file)
+        return _emit(failure(str(error)), EXIT_BAD_INPUT, result_file)
     except Exception as error:  # noqa: BLE001 - the pod must always end with a JSON line
         if _is_bad_input(error):
-            return _emit({"status": "error", "error": str(error)}, EXIT_BAD_INPUT, result_file)
+            return _emit(failure(str(error)), EXIT_BAD_INPUT, result_file)
         traceback.print_exc(file=sys.stderr)
-        failure = {"status": "error", "error": f"{type(error).__name__}: {error}"}
-        return _emit(failure, EXIT_FAILED, result_file)
+        return _emit(crash(error), EXIT_FAILED, result_file)
     return _emit(result, EXIT_OK, result_file)
 
 
@@ -125,22 +120,6 @@ def _is_bad_input(error: Exception) -> bool:
         return True
     pretrained = sys.modules.get("airflow_cvat.trainer.pretrained")
     return pretrained is not None and isinstance(error, pretrained.CheckpointMismatch)
-
-
-def _emit(payload: dict[str, Any], code: int, result_file: str | None = None) -> int:
-    """Print the result as the last stdout line; also write it to ``result_file`` when given.
-
-    The file is written to a temporary name and renamed, so a reader never sees half of it.
-    """
-    text = json.dumps(payload, sort_keys=True, default=str)
-    if result_file:
-        partial = f"{result_file}.partial"
-        with open(partial, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(partial, result_file)
-    sys.stderr.flush()
-    print(text, flush=True)
-    return code
 
 
 # ---------------------------------------------------------------------------------------------
