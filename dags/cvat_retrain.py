@@ -162,7 +162,8 @@ PARAMS = {
                         description="e.g. 4: every task of the project."),
     "source_uri": Param(None, type=["null", "string"], title="Export already in storage",
                         description="e.g. s3://bucket/exports/task12.zip (COCO 1.0 or CVAT for images 1.1)."),
-    "model": choice_param(DEFAULT_MODEL, MODEL_CHOICES, "Deployment default (the Variable's model)",
+    # Default empty, so that a deployment's model in the Variable is what a plain Trigger trains.
+    "model": choice_param(None, MODEL_CHOICES, f"Deployment default (Variable, else {DEFAULT_MODEL})",
                           title="Base model", description="What to fine-tune. Models of your own catalogue "
                           "file: list their names in CVAT_RETRAIN_MODELS."),
     "arguments": Param(None, type=["null", "string"], pattern=ARGUMENTS_PATTERN, title="Training arguments",
