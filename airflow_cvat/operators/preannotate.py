@@ -2,8 +2,9 @@
 
 The work is done by one command, ``python -m airflow_cvat.trainer.preannotate`` (it imports
 TensorFlow; see that module for what it uploads and why a rerun adds no duplicates). As for
-training (:mod:`airflow_cvat.operators.training`), one command builder, :class:`PreAnnotateCommand`,
-serves two thin ways to run it:
+training (:mod:`airflow_cvat.operators.training`), one command builder,
+:class:`~airflow_cvat.preannotation_request.PreAnnotationRequest` (shared with the command, which
+reads its argv back and applies the same checks), serves two thin ways to run it:
 
 * :class:`PreAnnotateOperator`: a subprocess of the worker, its output streamed into the task log.
   The CVAT connection's token (or user and password) reaches it as ``CVAT_*`` environment
@@ -32,29 +33,27 @@ import json
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from airflow_cvat.envelope import ERROR as STATUS_ERROR
+from airflow_cvat.envelope import EXIT_BAD_INPUT, OK
 from airflow_cvat.operators.backends import backend_operator, keyword_parameters
 from airflow_cvat.operators.pod import PodCommand, lazy_pod_operator, pod_kwargs
 from airflow_cvat.operators.process import LocalCommand, checked_result
 from airflow_cvat.operators.training import DEFAULT_IMAGE, DEFAULT_STORAGE_SECRET, POD_RESULT_FILE
+from airflow_cvat.preannotation_request import MODULE as PREANNOTATE_MODULE
+from airflow_cvat.preannotation_request import ModelNotFound, PreAnnotationRequest, locate_model
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_cvat.hooks.cvat import CVATHook
 
-PREANNOTATE_MODULE = "airflow_cvat.trainer.preannotate"
 DEFAULT_CVAT_SECRET = "cvat-credentials"
-# The command's own choices (airflow_cvat.trainer.preannotate; not imported here: it needs numpy).
-JOB_STATES = ("new", "in progress", "completed", "rejected")
-EXISTING_MODES = ("skip", "replace")
-MASK_MODES = ("polygon", "mask", "box")
-EXIT_BAD_INPUT = 2
 
 PREANNOTATE_TEMPLATE_FIELDS: tuple[str, ...] = (
     "task_ids",
@@ -73,67 +72,38 @@ PREANNOTATE_TEMPLATE_FIELDS: tuple[str, ...] = (
 )
 
 
-# -- the one command builder -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PreAnnotateCommand:
-    """The pre-annotation command line, without the interpreter; never credentials."""
-
-    model_uri: str
-    cvat_url: str
-    task_ids: tuple[int, ...]
-    job_ids: tuple[int, ...] = ()
-    job_states: tuple[str, ...] = ("new",)
-    threshold: float = 0.5
-    batch_size: int = 16
-    existing: str = "skip"
-    masks: str = "polygon"
-    result_file: str | None = None
-
-    def args(self) -> list[str]:
-        argv = ["--model-uri", self.model_uri, "--cvat-url", self.cvat_url]
-        for task_id in self.task_ids:
-            argv += ["--task-id", str(task_id)]
-        argv += ["--job-states", ",".join(self.job_states), "--threshold", str(self.threshold)]
-        argv += ["--batch-size", str(self.batch_size), "--existing", self.existing, "--masks", self.masks]
-        if self.job_ids:
-            argv += ["--job-ids", ",".join(map(str, self.job_ids))]
-        if self.result_file:
-            argv += ["--result-file", self.result_file]
-        return argv
-
-    def argv(self, python: str, module: str = PREANNOTATE_MODULE) -> list[str]:
-        return [python, "-m", module, *self.args()]
+# -- the request ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Request:
-    """The operator's rendered fields, checked (what the command line is built from)."""
+    """The operator's rendered fields, checked: which tasks, and the command's options.
 
-    model_uri: str
+    ``options`` has no server or tasks yet: those are known only when the task runs (the
+    connection's URL, a project's tasks); :meth:`command` fills them in.
+    """
+
     task_ids: tuple[int, ...]
     project_id: int | None
-    job_ids: tuple[int, ...]
-    job_states: tuple[str, ...]
-    threshold: float
-    batch_size: int
-    existing: str
-    masks: str
+    options: PreAnnotationRequest
 
-    def command(self, cvat_url: str, task_ids: Sequence[int], result_file: str | None) -> PreAnnotateCommand:
-        return PreAnnotateCommand(
-            model_uri=self.model_uri,
-            cvat_url=cvat_url,
-            task_ids=tuple(task_ids),
-            job_ids=self.job_ids,
-            job_states=self.job_states,
-            threshold=self.threshold,
-            batch_size=self.batch_size,
-            existing=self.existing,
-            masks=self.masks,
-            result_file=result_file,
-        )
+    @property
+    def model_uri(self) -> str:
+        return self.options.model_uri
+
+    @property
+    def job_ids(self) -> tuple[int, ...]:
+        return self.options.job_ids
+
+    def command(
+        self, cvat_url: str, task_ids: Sequence[int], result_file: str | None
+    ) -> PreAnnotationRequest:
+        return replace(self.options, cvat_url=cvat_url, task_ids=tuple(task_ids), result_file=result_file)
+
+
+def command_argv(request: PreAnnotationRequest, python: str, module: str = PREANNOTATE_MODULE) -> list[str]:
+    """The whole command line: the interpreter, the module, the request's arguments."""
+    return [python, "-m", module, *request.to_argv()]
 
 
 def model_from_outcome(outcome: dict[str, Any]) -> str | None:
@@ -182,6 +152,30 @@ def _bool(value: Any) -> bool:
     if text in ("false", "0", "no", "off", "", "none"):
         return False
     raise AirflowFailException(f"enabled must be true or false, got {value!r}")
+
+
+def _collected(problems: list[str], parse: Any, *args: Any) -> Any:
+    """``parse(*args)``, or () with its AirflowFailException's message added to ``problems``."""
+    try:
+        return parse(*args)
+    except AirflowFailException as error:
+        problems.append(str(error))
+        return ()
+
+
+def _number(value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` when it reads as one (templates render text); as given otherwise,
+    for the request's check to name."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _states(value: Any) -> tuple[str, ...]:
+    """Job states from a list or comma-separated text, blanks dropped."""
+    states = value.split(",") if isinstance(value, str) else value
+    return tuple(str(s).strip() for s in (states or ()) if str(s).strip())
 
 
 class PreAnnotateParams:
@@ -240,52 +234,36 @@ class PreAnnotateParams:
             raise AirflowSkipException("pre-annotation is switched off (enabled is false)")
 
     def validated(self) -> Request:
-        """Every rendered field checked; AirflowFailException names the field and what is allowed."""
-        task_ids = _ints(self.task_ids, "task_ids")
-        job_ids = _ints(self.job_ids, "job_ids")
-        project = _ints(self.project_id, "project_id")
+        """Every rendered field checked at once; AirflowFailException names each field and what is allowed.
+
+        The option rules are the command's own (:class:`PreAnnotationRequest`): what passes here
+        passes there.
+        """
+        problems: list[str] = []
+        task_ids = _collected(problems, _ints, self.task_ids, "task_ids")
+        project = _collected(problems, _ints, self.project_id, "project_id")
         if len(project) > 1:
-            raise AirflowFailException(f"project_id must be one CVAT project id, got {self.project_id!r}")
-        if not (task_ids or job_ids or project):
-            raise AirflowFailException(
-                "task_ids: give at least one CVAT task id (or a project_id, or job_ids) to pre-annotate"
-            )
-        try:
-            threshold = float(self.threshold)
-        except (TypeError, ValueError):
-            threshold = -1.0
-        if not 0.0 <= threshold <= 1.0:
-            raise AirflowFailException(f"threshold must be a score within 0..1, got {self.threshold!r}")
-        states = self.job_states
-        if isinstance(states, str):
-            states = states.split(",")
-        states = tuple(str(s).strip() for s in (states or ()) if str(s).strip())
-        unknown = [s for s in states if s not in JOB_STATES]
-        if not states or unknown:
-            raise AirflowFailException(
-                f"job_states: {unknown or 'none given'}; choose from {', '.join(JOB_STATES)}"
-            )
-        try:
-            batch_size = int(self.batch_size)
-        except (TypeError, ValueError):
-            batch_size = 0
-        if batch_size < 1:
-            raise AirflowFailException(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
-        if self.existing not in EXISTING_MODES:
-            raise AirflowFailException(f"existing must be one of {EXISTING_MODES}, got {self.existing!r}")
-        if self.masks not in MASK_MODES:
-            raise AirflowFailException(f"masks must be one of {MASK_MODES}, got {self.masks!r}")
-        return Request(
-            model_uri=self.model_location(),
-            task_ids=task_ids,
-            project_id=project[0] if project else None,
-            job_ids=job_ids,
-            job_states=states,
-            threshold=threshold,
-            batch_size=batch_size,
+            problems.append(f"project_id must be one CVAT project id, got {self.project_id!r}")
+        options = PreAnnotationRequest(
+            model_uri="",
+            cvat_url="",
+            task_ids=(),
+            job_ids=_collected(problems, _ints, self.job_ids, "job_ids"),
+            job_states=_states(self.job_states),
+            threshold=_number(self.threshold, float),
+            batch_size=_number(self.batch_size, int),
             existing=self.existing,
             masks=self.masks,
         )
+        if not (task_ids or options.job_ids or project or problems):
+            problems.append(
+                "task_ids: give at least one CVAT task id (or a project_id, or job_ids) to pre-annotate"
+            )
+        problems += options.option_problems()
+        if problems:
+            raise AirflowFailException("; ".join(problems))
+        options = replace(options, model_uri=self.model_location())
+        return Request(task_ids=task_ids, project_id=project[0] if project else None, options=options)
 
     def model_location(self) -> str:
         model = self.model_uri
@@ -334,16 +312,10 @@ def check_published_model(uri: str, conn_id: str | None) -> None:
     """Fail now when nothing is published at ``uri`` (the command would fail the same way, later)."""
     from airflow_cvat.operators.convert import storage_path
 
-    path = storage_path(uri, conn_id)
-    if (path / "saved_model" / "saved_model.pb").exists():
-        return
-    latest = path if path.name == "LATEST" else path / "LATEST"
-    if latest.exists():
-        return
-    raise AirflowFailException(
-        f"no published model at {uri}: expected a version folder with saved_model/, a model folder "
-        "with LATEST, or a LATEST file (has the publish step run for this model name?)"
-    )
+    try:
+        locate_model(uri, lambda candidate: storage_path(candidate, conn_id).exists())
+    except ModelNotFound as error:
+        raise AirflowFailException(str(error)) from None
 
 
 # -- local execution ---------------------------------------------------------------------------
@@ -395,8 +367,10 @@ class PreAnnotateOperator(LocalCommand, PreAnnotateParams, BaseOperator):
         env = {k: v for k, v in self.environment().items() if not k.startswith("CVAT_")}
         env.update(credentials)
         finished, result = self.run_command(
-            lambda result_file: request.command(cvat_url, task_ids, result_file).argv(
-                self.python or sys.executable, self.trainer_module
+            lambda result_file: command_argv(
+                request.command(cvat_url, task_ids, result_file),
+                self.python or sys.executable,
+                self.trainer_module,
             ),
             env,
             prefix="cvat-preannotate-",
@@ -460,9 +434,9 @@ class KubernetesPreAnnotateMixin(PodCommand, PreAnnotateParams):
         return self._checked(super().trigger_reentry(context, event))  # type: ignore[misc]
 
     def _checked(self, result: Any) -> Any:
-        if isinstance(result, dict) and result.get("status") == "ok":
+        if isinstance(result, dict) and result.get("status") == OK:
             self.log_summary(result)
-        elif isinstance(result, dict) and result.get("status") == "error":
+        elif isinstance(result, dict) and result.get("status") == STATUS_ERROR:
             raise AirflowException(f"pre-annotation failed: {result.get('error')}")
         return result
 
@@ -486,10 +460,10 @@ class KubernetesPreAnnotateMixin(PodCommand, PreAnnotateParams):
             raise AirflowFailException(str(error)) from None
         task_ids = self.resolve_task_ids(request, hook)
         command = request.command(cvat_url, task_ids, POD_RESULT_FILE)
-        self.log.info("Pre-annotating on machine type %s: %s", machine.name, shlex.join(command.args()))
+        self.log.info("Pre-annotating on machine type %s: %s", machine.name, shlex.join(command.to_argv()))
         self.set_command(
             self.trainer_module,
-            command.args(),
+            command.to_argv(),
             machine,
             num_clones=1,
             secrets=[self.cvat_secret, self.storage_secret],
