@@ -185,11 +185,32 @@ class Annotator:
         shapes: dict[int, list[dict[str, Any]]],
         replace: dict[int, list[dict[str, Any]]],
     ) -> None:
-        """Delete the frames' old auto shapes (replace mode), then create the new ones in one PATCH.
+        """Delete the frames' old auto shapes (replace mode), then create the new ones in one PATCH."""
+        started = time.monotonic()
+        old = [s for frame in shapes for s in replace.get(frame, [])]
+        if old:
+            self.delete_shapes(plan, job_id, old)
+        self.create_shapes(plan, job_id, {frame: items for frame, items in shapes.items() if items})
+        plan.totals.seconds_upload += time.monotonic() - started
 
-        On a failed create, ask CVAT which frames now hold auto shapes and send only the rest:
-        a request that timed out may still have been applied, and sending it again would
-        duplicate.
+    def delete_shapes(self, plan: TaskPlan, job_id: int, old: list[dict[str, Any]]) -> None:
+        from cvat_sdk import models
+        from cvat_sdk.core.proxies.annotations import AnnotationUpdateAction
+
+        request = models.PatchedLabeledDataRequest(
+            shapes=[models.LabeledShapeRequest(**_request_fields(s)) for s in old]
+        )
+        api_call(
+            f"deleting old auto shapes of job {job_id}",
+            lambda: plan.task.update_annotations(request, action=AnnotationUpdateAction.DELETE),
+        )
+        plan.totals.replaced += len(old)
+
+    def create_shapes(self, plan: TaskPlan, job_id: int, todo: dict[int, list[dict[str, Any]]]) -> None:
+        """Create ``todo``'s shapes; after a failure, send only the frames that did not get theirs.
+
+        Why check instead of resending: a request that timed out may still have been applied,
+        and sending it again would duplicate (PATCH is not retried blindly, see :mod:`.cvat_client`).
         """
         from cvat_sdk import models
         from cvat_sdk.api_client.exceptions import ApiException
@@ -197,21 +218,9 @@ class Annotator:
         from urllib3.exceptions import HTTPError
 
         task, totals = plan.task, plan.totals
-        started = time.monotonic()
-        old = [s for frame in shapes for s in replace.get(frame, [])]
-        if old:
-            request = models.PatchedLabeledDataRequest(
-                shapes=[models.LabeledShapeRequest(**_request_fields(s)) for s in old]
-            )
-            api_call(
-                f"deleting old auto shapes of job {job_id}",
-                lambda: task.update_annotations(request, action=AnnotationUpdateAction.DELETE),
-            )
-            totals.replaced += len(old)
-        todo = {frame: items for frame, items in shapes.items() if items}
         for attempt in range(1, UPLOAD_ATTEMPTS + 1):
             if not todo:
-                break
+                return
             new = [models.LabeledShapeRequest(**s) for items in todo.values() for s in items]
             try:
                 task.update_annotations(
@@ -223,15 +232,16 @@ class Annotator:
                     raise
                 log.warning("upload of %d shape(s) failed (%s); checking what arrived", len(new), error)
                 time.sleep(cvat_policy.backoff_seconds(attempt))
-                arrived = {
-                    s["frame"] for s in self.job_annotations(job_id)["shapes"] if s.get("source") == AUTO
-                }
+                arrived = self.auto_frames(job_id)
                 todo = {frame: items for frame, items in todo.items() if frame not in arrived}
                 continue
             totals.shapes += len(new)
             totals.uploads += 1
-            todo = {}
-        totals.seconds_upload += time.monotonic() - started
+            return
+
+    def auto_frames(self, job_id: int) -> set[int]:
+        """The frames of a job that hold a model's shapes now."""
+        return {s["frame"] for s in self.job_annotations(job_id)["shapes"] if s.get("source") == AUTO}
 
     def progress(self, task_id: int, job_id: int, done: int, total: int) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-9)
