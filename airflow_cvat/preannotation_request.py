@@ -32,6 +32,8 @@ LATEST = "LATEST"
 #: Options sent on the command line only when they differ from the default (the operator does
 #: not set them; a person running the command by hand may).
 TUNING = ("quality", "upload_every", "workers")
+#: Fields the command line gives as they are (the others are lists or URLs to normalise).
+AS_GIVEN = ("model_uri", "threshold", "batch_size", "existing", "masks", "result_file", *TUNING)
 
 
 class RequestError(BadInput):
@@ -130,20 +132,13 @@ class PreAnnotationRequest:
             job_ids = tuple(int(j) for j in ns.job_ids.split(",") if j.strip())
         except ValueError:
             raise RequestError(f"--job-ids must be comma-separated integers, got {ns.job_ids!r}") from None
+        as_given = {name: getattr(ns, name) for name in AS_GIVEN}
         request = cls(
-            model_uri=ns.model_uri,
             cvat_url=ns.cvat_url.rstrip("/"),
             task_ids=tuple(dict.fromkeys(ns.task_id)),
             job_ids=job_ids,
             job_states=tuple(s.strip() for s in ns.job_states.split(",") if s.strip()),
-            threshold=ns.threshold,
-            batch_size=ns.batch_size,
-            existing=ns.existing,
-            masks=ns.masks,
-            quality=ns.quality,
-            upload_every=ns.upload_every,
-            workers=ns.workers,
-            result_file=ns.result_file,
+            **as_given,
         )
         return request.validated(flag)
 
