@@ -2,23 +2,24 @@
 
 Each run is the real command line (``python -m airflow_cvat.trainer train``, in a subprocess)
 on one shared generated export (16 images of 64 px; 8 validation images so every class is in
-the validation split): prepare -> a few training steps at a tiny input size -> COCO evaluation
-(metrics.json with AP, AP50, AP75, per-class AP; mask AP for Mask R-CNN) -> a SavedModel that
-the trainer reloads and runs once (``export_check`` in the result), which the test loads again.
+the validation split): prepare -> the fewest training steps (one; one per stage for Mask R-CNN)
+at the smallest input size the backbone takes -> COCO evaluation (metrics.json with AP, AP50,
+AP75, per-class AP; mask AP for Mask R-CNN) -> a SavedModel that the trainer reloads and runs
+once (``export_check`` in the result), which the test loads again. ``eval_steps=0``: no
+evaluation during so short a run, only the final one (each evaluation graph costs a trace).
+ssd-mobilenet-v2-coco is the session's shared ssd run (``ssd_run``, tests/fixtures/publish.py),
+which also passes the quality test; it is not trained a second time here.
 
 * frcnn-nas-coco needs num_clones>=2: it runs with num_clones=2, i.e. MirroredStrategy over two
   logical CPU devices, the CI stand-in for two GPUs.
-* mask-rcnn runs its three-stage schedule (one pass each); the log shows each stage starting
-  with more trainable variables than the one before.
+* mask-rcnn runs its three-stage schedule (one pass of one batch each); the log shows each
+  stage starting with more trainable variables than the one before.
 
 Nothing here checks accuracy (a few steps learn nothing; tests/test_trainer_quality.py does).
 
-Wall time of this file: 9 min 36 s on 2 CPU cores while other TensorFlow jobs shared them
-(``pytest tests/test_trainer_models.py --durations=0``): mask-rcnn 148 s, frcnn-nas-coco 129 s,
-frcnn-inc-resv2-atr-coco 77 s, frcnn-res101-coco 65 s, frcnn-res50-coco 57 s, frcnn-res50-lowp
-48 s, ssd-mobilenet-v2-coco 32 s. Almost all of it is TensorFlow building and compiling graphs
-(train step, Mask R-CNN's three stages, evaluation, serving), not training; so the runs switch
-Grappler off (AIRFLOW_CVAT_GRAPH_OPTIMIZER=0), which cut the Mask R-CNN run from 309 s to 211 s.
+Almost all of the time is TensorFlow building and compiling graphs (train step, Mask R-CNN's
+three stages, evaluation, serving), not training; so the runs switch Grappler off
+(AIRFLOW_CVAT_GRAPH_OPTIMIZER=0), which cut the Mask R-CNN run from 309 s to 211 s.
 """
 
 from __future__ import annotations
@@ -29,25 +30,29 @@ import numpy as np
 import pytest
 
 tf = pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.slow  # after the light tests (tests/conftest.py)
 
 from airflow_cvat.trainer.fixtures import make_dataset  # noqa: E402
 from tests.trainer_helpers import run_trainer  # noqa: E402
 
 IMAGES, IMAGE_SIZE, VALIDATION = 16, 64, "0.5"
 LABELS = ("circle", "square", "triangle")
-FAST = "checkpoint_steps=1000;initial_learning_rate=0.001"
+FAST = "checkpoint_steps=1000;initial_learning_rate=0.001;eval_steps=0"
+SHARED = None
+"""The session's shared ssd run (``ssd_run``), trained with its own arguments."""
 
 MODELS = {
-    # name: (arguments, expected steps)
-    "ssd-mobilenet-v2-coco": (f"epochs=3;batch_size=2;input_size=64;{FAST}", 3),
-    "frcnn-res50-coco": (f"epochs=2;batch_size=2;input_size=64;{FAST}", 2),
-    "frcnn-res50-lowp": (f"epochs=2;batch_size=2;input_size=64;{FAST}", 2),
-    "frcnn-res101-coco": (f"epochs=2;batch_size=2;input_size=64;{FAST}", 2),
+    # name: (arguments, expected steps); input_size is a multiple of 64
+    "ssd-mobilenet-v2-coco": (SHARED, 600),
+    "frcnn-res50-coco": (f"epochs=1;batch_size=2;input_size=64;{FAST}", 1),
+    "frcnn-res50-lowp": (f"epochs=1;batch_size=2;input_size=64;{FAST}", 1),
+    "frcnn-res101-coco": (f"epochs=1;batch_size=2;input_size=64;{FAST}", 1),
     # Keras's Inception-ResNet-v2 needs at least 75 px.
-    "frcnn-inc-resv2-atr-coco": (f"epochs=2;batch_size=2;input_size=128;{FAST}", 2),
-    "frcnn-nas-coco": (f"epochs=2;batch_size=2;num_clones=2;input_size=64;{FAST}", 2),
-    # 8 training images, batch 4: one pass is 2 steps, so 2 + 2 + 2.
-    "mask-rcnn": (f"stage1_epochs=1;stage2_epochs=1;stage3_epochs=1;batch_size=4;input_size=64;{FAST}", 6),
+    "frcnn-inc-resv2-atr-coco": (f"epochs=1;batch_size=2;input_size=128;{FAST}", 1),
+    # One image per replica.
+    "frcnn-nas-coco": (f"epochs=1;batch_size=2;num_clones=2;input_size=64;{FAST}", 1),
+    # 8 training images, batch 8: one pass is 1 step, so 1 + 1 + 1.
+    "mask-rcnn": (f"stage1_epochs=1;stage2_epochs=1;stage3_epochs=1;batch_size=8;input_size=64;{FAST}", 3),
 }
 
 
@@ -90,10 +95,16 @@ def _train(dataset, model: str, runs: dict):
     return output, result, stderr
 
 
+def _shared_ssd_run(request):
+    shared = request.getfixturevalue("ssd_run")  # only when asked for: it trains on first use
+    assert not list(shared.workdir.iterdir())  # nothing landed in its working directory either
+    return shared.folder, shared.result, shared.log
+
+
 @pytest.mark.parametrize("model", list(MODELS))
-def test_model_trains_evaluates_and_exports(dataset, runs, model):
-    output, result, stderr = _train(dataset, model, runs)
-    _, steps = MODELS[model]
+def test_model_trains_evaluates_and_exports(request, dataset, runs, model):
+    arguments, steps = MODELS[model]
+    output, result, stderr = _shared_ssd_run(request) if arguments is SHARED else _train(dataset, model, runs)
     assert result["status"] == "ok" and result["model"] == model
     assert result["steps"] == steps and result["arguments"]["steps"] == steps
     assert "steps/s ETA" in stderr
@@ -148,14 +159,14 @@ def test_mask_rcnn_ran_three_stages(runs):
     if "mask-rcnn" not in runs:
         pytest.skip("mask-rcnn did not train in this session")
     _, result, stderr = runs["mask-rcnn"]
-    assert result["arguments"]["stage_steps"] == [2, 2, 2]
+    assert result["arguments"]["stage_steps"] == [1, 1, 1]
     import re
 
     starts = re.findall(
         r"stage (\d)/3 \([^)]*\): steps (\d+) to (\d+), (\d+) of (\d+) variables trainable", stderr
     )
-    assert [(int(s), int(a), int(b)) for s, a, b, _, _ in starts] == [(1, 0, 2), (2, 2, 4), (3, 4, 6)]
+    assert [(int(s), int(a), int(b)) for s, a, b, _, _ in starts] == [(1, 0, 1), (2, 1, 2), (3, 2, 3)]
     trainable = [int(t) for *_, t, _ in starts]
     assert trainable[0] < trainable[1] < trainable[2], starts  # heads, then stage 4 up, then all
     for stage in (1, 2, 3):
-        assert f"step {2 * stage}/6 stage {stage} loss" in stderr
+        assert f"step {stage}/3 stage {stage} loss" in stderr
