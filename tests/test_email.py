@@ -30,10 +30,23 @@ HISTORY = [
 ]
 
 
+PREPARED = {  # what prepare reports (trainer/prepare.py): the split and every drop by reason
+    "split": {"mode": "subsets", "description": "subsets: Train 12 / Validation 4 / Test 2"},
+    "images": {"selected": 24, "train": 12, "validation": 4, "test": 2},
+    "dropped_images": {"image_not_in_zip": 6},
+    "dropped_shapes": {"degenerate_box": 1, "unsupported_tag": 2},
+    "clipped_shapes": 1,
+    "labels_left_out": [{"name": "weather", "reason": "tag label"}],
+}
+
+
 def with_history_and_source(run: Path, tmp: Path) -> Path:
-    """Give a fake run the trainer's AP history; return a dataset manifest naming CVAT tasks."""
+    """Give a fake run the trainer's AP history and prepare's report; return a dataset manifest
+    naming CVAT tasks."""
     metrics = json.loads((run / "metrics.json").read_text())
     (run / "metrics.json").write_text(json.dumps({**metrics, "history": HISTORY}))
+    result = json.loads((run / "result.json").read_text())
+    (run / "result.json").write_text(json.dumps({**result, "prepared": PREPARED}))
     manifest = tmp / "manifest.json"
     source = {"kind": "cvat", "server": CVAT_SERVER, "project_id": None, "task_ids": [12, 13]}
     manifest.write_text(json.dumps({"source": source, "images": 24, "labels": []}))
@@ -323,3 +336,14 @@ def test_report_written_to_a_file_without_smtp(published, tmp_path):
     message = message_from_bytes(saved.read_bytes(), policy=policy.default)
     assert message["To"] == "ml@example.com" and "LATEST moved" in message["Subject"]
     assert len(inline_images(message)) == 4
+
+
+def test_report_says_which_split_trained_and_what_was_dropped(published):
+    message = build_report(published)
+    data = html_of(message).split("id='training-data'>")[1].split("</ul>")[0]
+    items = re.findall(r"<li>([^<]*)</li>", data)
+    assert items[0] == "split: subsets: Train 12 / Validation 4 / Test 2"
+    assert "dropped images: image_not_in_zip 6" in items
+    assert "dropped shapes: degenerate_box 1, unsupported_tag 2; clipped to the image: 1" in items
+    assert "labels left out of the model: weather (tag label)" in items
+    assert "- dropped images: image_not_in_zip 6" in message.get_body(("plain",)).get_content()

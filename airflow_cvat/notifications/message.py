@@ -23,6 +23,7 @@ import html
 import json
 import logging
 import re
+from collections.abc import Sequence
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -252,14 +253,23 @@ def _read_json(uri: str, conn_id: str | None) -> dict[str, Any]:
         return {}
 
 
-def _published_facts(outcome: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """(AP history from metrics.json, the dataset's CVAT source from model_card.json)."""
+def _published_facts(outcome: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(AP history from metrics.json, model_card.json: the CVAT source, the split, what was dropped)."""
     if not outcome.get("published"):
-        return [], None
+        return [], {}
     conn_id = outcome.get("storage_conn_id")
     history = _read_json(f"{outcome['uri']}/metrics.json", conn_id).get("history") or []
-    card = _read_json(f"{outcome['uri']}/model_card.json", conn_id)
-    return list(history), (card.get("data") or {}).get("source")
+    return list(history), _read_json(f"{outcome['uri']}/model_card.json", conn_id)
+
+
+def training_data_items(card: dict[str, Any]) -> list[str]:
+    """The split and every drop by reason, as the model card words them: data lost on the way is
+    never silent, and the email is where people read it."""
+    from airflow_cvat.deploy.card import training_data_lines
+
+    if not card:
+        return []
+    return [line.removeprefix("- ") for line in training_data_lines(card.get("training_data"))[3:]]
 
 
 def _images(outcome: dict[str, Any]) -> list[tuple[str, bytes]]:
@@ -299,8 +309,9 @@ def build_report(
         f"(AP50 {_fmt((outcome.get('metrics') or {}).get('AP50'))})"
     )
     sentence = comparison(outcome)
-    history, source = _published_facts(outcome)
-    links = _links(outcome, dag_id, run_id, cvat_links(source, cvat_url))
+    history, card = _published_facts(outcome)
+    links = _links(outcome, dag_id, run_id, cvat_links((card.get("data") or {}).get("source"), cvat_url))
+    data_items = training_data_items(card)
     rows = metrics_rows(outcome.get("metrics") or {})
     images = _images(outcome)
     pre_text, pre_html = pre_annotation_lines(pre_annotation)
@@ -313,6 +324,7 @@ def build_report(
         # The model's line names its folder: a presigned URL is for the HTML link only.
         *(f"{label}: {text if label == 'Model' else href}" for label, href, text in links),
         *([curve] if curve else []),
+        *(["", "Training data:", *(f"- {item}" for item in data_items)] if data_items else []),
         "",
         "label\tAP\tAP50\tAP75",
         *("\t".join(row) for row in rows),
@@ -323,7 +335,7 @@ def build_report(
     message = EmailMessage()
     message["Subject"] = subject
     message.set_content("\n".join(text))
-    body = _report_html(outcome, sentence, links, curve, rows, images, pre_html)
+    body = _report_html(outcome, sentence, links, curve, rows, images, pre_html, data_items)
     message.add_alternative(body, subtype="html")
     html_part = message.get_payload()[1]
     for name, data in images:
@@ -346,7 +358,7 @@ def _links(
     return links
 
 
-def _report_html(outcome, sentence, links, curve, rows, images, pre_html) -> str:
+def _report_html(outcome, sentence, links, curve, rows, images, pre_html, data_items=()) -> str:
     gate = outcome.get("latest") or {}
     grouped: dict[str, list[str]] = {}  # "CVAT: task 12, task 13" on one line
     for label, href, text in links:
@@ -374,6 +386,7 @@ def _report_html(outcome, sentence, links, curve, rows, images, pre_html) -> str
 <h3>Training</h3>
 {f'<p id="history">{html.escape(curve)}</p>' if curve else ""}
 {plot_html}
+{_data_html(data_items)}
 <h3>Validation AP per class</h3>
 <table border="1" cellspacing="0" id="metrics">
 <tr><th>label</th><th>AP</th><th>AP50</th><th>AP75</th></tr>{table}</table>
@@ -381,6 +394,13 @@ def _report_html(outcome, sentence, links, curve, rows, images, pre_html) -> str
 {pre_html}
 {preview_html}
 </body></html>"""
+
+
+def _data_html(items: Sequence[str]) -> str:
+    if not items:
+        return ""
+    lines = "".join(f"<li>{html.escape(item)}</li>" for item in items)
+    return f"<h3>Training data</h3><ul id='training-data'>{lines}</ul>"
 
 
 # ---- the failure email ----------------------------------------------------------------------------
