@@ -98,7 +98,7 @@ class Request:
     def command(
         self, cvat_url: str, task_ids: Sequence[int], result_file: str | None
     ) -> PreAnnotationRequest:
-        return replace(self.options, cvat_url=cvat_url, task_ids=tuple(task_ids), result_file=result_file)
+        return self.options.with_target(cvat_url, task_ids, result_file)
 
 
 def command_argv(request: PreAnnotationRequest, python: str, module: str = PREANNOTATE_MODULE) -> list[str]:
