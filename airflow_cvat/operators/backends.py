@@ -4,18 +4,22 @@ Training and pre-annotation each have a parameter mixin (the fields and checks b
 share), a local operator (:class:`~airflow_cvat.operators.process.LocalCommand`) and a pod mixin
 (:class:`~airflow_cvat.operators.pod.PodCommand`). :func:`keyword_parameters` lets each backend
 declare only its own arguments while Airflow still sees them all; :func:`backend_operator` picks
-the backend by name.
+the backend by name. :class:`RunBackendOperator` picks it when the task runs, from a templated
+``execution``, so one task follows the backend each DAG run chose (as training's branch does).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseOperator
 
 from airflow_cvat.operators.process import LocalCommand
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 Init = TypeVar("Init", bound=Callable[..., None])
 
@@ -72,3 +76,51 @@ def backend_operator(
     if execution == "kubernetes":
         return kubernetes()(**{k: v for k, v in kwargs.items() if k not in LOCAL_ONLY})
     raise ValueError(f"execution must be 'local' or 'kubernetes', got {execution!r}")
+
+
+class RunBackendOperator(BaseOperator):
+    """Run ``factory(execution, task_id=..., **arguments)``'s operator, with ``execution`` rendered
+    when the task runs (e.g. the run's resolved setting in ``config``'s XCom).
+
+    Why: the choice between a subprocess and a pod belongs to the DAG run (the trigger form's
+    "Where training runs"), not to DAG parse time; and a per-run choice must not change the task
+    ids that downstream tasks and emails read. The inner operator is built from ``arguments``
+    already rendered here (natively when the DAG renders natively), so its own fields are not
+    rendered again; it runs inside this task (a pod backend is not deferrable here).
+
+    :param execution: ``local`` or ``kubernetes`` (templated).
+    :param factory: e.g. :func:`airflow_cvat.operators.preannotate.preannotate_operator`.
+    :param arguments: keyword arguments for ``factory`` (templated; never secrets: they are shown
+        as rendered templates).
+    """
+
+    template_fields: Sequence[str] = ("execution", "arguments")
+    ui_color = "#fdf1e0"
+
+    def __init__(
+        self,
+        *,
+        execution: str,
+        factory: Callable[..., BaseOperator],
+        arguments: dict[str, Any],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.execution = execution
+        self.factory = factory
+        self.arguments = arguments
+        self._inner: BaseOperator | None = None
+
+    def execute(self, context: Context) -> Any:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        try:
+            self._inner = self.factory(str(self.execution), task_id=self.task_id, **self.arguments)
+        except ValueError as error:
+            raise AirflowFailException(str(error)) from None
+        self.log.info("Running on the %s backend (%s)", self.execution, type(self._inner).__name__)
+        return self._inner.execute(context)
+
+    def on_kill(self) -> None:
+        if self._inner is not None:
+            self._inner.on_kill()

@@ -1,4 +1,5 @@
-"""ConvertModelOperator: publish a finished training run as a versioned, deployable model.
+"""PublishModelOperator (also ConvertModelOperator): publish a finished training run as a
+versioned, deployable model.
 
 From ``{root}/runs/{run_id}/`` (written by the trainer) it publishes::
 
@@ -28,8 +29,18 @@ all and never moves LATEST. The outcome (moved or not, why, old and new AP50, th
 LATEST names afterwards) is returned as the XCom, for the email and pre-annotation.
 
 TensorFlow never loads in this process: the check, TFLite conversion, preview images and the
-TensorBoard history run in ``python -m airflow_cvat.trainer.convert`` on a local staged copy of
-the run, with no storage credentials in its environment.
+TensorBoard history run in ``python -m airflow_cvat.trainer.convert all``, on the backend the
+DAG run chose (``execution``, templated, read when the task runs, like training's):
+
+* ``local``: a subprocess of the worker on a local staged copy of the run, with no storage
+  credentials in its environment (:func:`run_json_command`).
+* ``kubernetes``: a pod of the training image (``KubernetesConvertOperator``, built by the same
+  pod builder as training's, :mod:`airflow_cvat.operators.pod`). The pod reads the run from
+  object storage and writes its results to ``{run}/converted/`` itself, with the credentials of
+  the ``storage_secret`` Kubernetes Secret (envFrom; never in its arguments). So a Kubernetes
+  deployment's workers need no TensorFlow. The pod runs inside this task (not deferrable).
+
+Everything else (staging the SavedModel, the gate, the version folder, LATEST) stays here.
 """
 
 from __future__ import annotations
@@ -46,8 +57,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_cvat.operators.pod import PodCommand, lazy_pod_operator, pod_kwargs
 from airflow_cvat.operators.process import LogLine, run_streamed, subprocess_environment
+from airflow_cvat.operators.training import DEFAULT_IMAGE, DEFAULT_STORAGE_SECRET, POD_RESULT_FILE
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -58,6 +72,10 @@ VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
 RUN_FILES = ("result.json", "label_map.json", "classes.csv", "metrics.json")
 RUN_FOLDERS = ("saved_model", "tensorboard")
 SECRET_ENV_PREFIXES = ("AIRFLOW_CONN_", "AIRFLOW_VAR_", "AWS_SECRET", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY")
+CONVERT_MODULE = "airflow_cvat.trainer.convert"
+CONVERTED = "converted"
+"""Where a convert pod writes its results, inside the run folder: ``{run}/converted/``."""
+EXECUTIONS = ("local", "kubernetes")
 
 
 class PublishError(RuntimeError):
@@ -196,7 +214,7 @@ def decide(
 # ---- the operator -----------------------------------------------------------------------------
 
 
-class ConvertModelOperator(BaseOperator):
+class PublishModelOperator(BaseOperator):
     """Publish a finished training run as ``{root}/models/{model_name}/{version}/`` and gate LATEST.
 
     :param run_uri: the run folder, ``{root}/runs/{run_id}`` (file:// or s3://), or the trainer's
@@ -210,14 +228,31 @@ class ConvertModelOperator(BaseOperator):
     :param version: the version folder's name; default: publish time, ``YYYYMMDDTHHMMSSZ`` UTC.
     :param tflite: try a TFLite conversion (a few seconds to minutes; False skips it).
     :param preview_images: how many validation images to draw predictions on for the email.
-    :param convert_timeout: seconds the TensorFlow subprocess may take.
+    :param convert_timeout: seconds the TensorFlow subprocess (or pod) may take.
+    :param execution: where the TensorFlow half runs, ``local`` or ``kubernetes`` (templated: the
+        DAG passes the run's resolved ``execution``).
+    :param image: the training image (Kubernetes only).
+    :param machine_type: a machine type name for the pod (:mod:`airflow_cvat.machines`); default
+        ``cpu``: checking and converting a SavedModel needs no GPU.
+    :param storage_secret: Kubernetes Secret with the pod's ``AWS_*`` storage credentials (envFrom);
+        None: the pod's own identity.
+    :param pod_arguments: more KubernetesPodOperator arguments for the pod (namespace,
+        kubernetes_conn_id, labels, ...).
 
     Returns (XCom) the outcome: ``published``, ``version``, ``uri``, ``latest`` (the gate decision:
     ``moved``, ``reason``, ``new_ap50``, ``old_ap50``, ``old_version``, ``margin``), ``metrics``,
     ``tflite``, ``files`` (URIs of the card, plot and previews) and ``storage_conn_id``.
     """
 
-    template_fields: Sequence[str] = ("run_uri", "root", "model_name", "dataset_manifest", "version")
+    template_fields: Sequence[str] = (
+        "run_uri",
+        "root",
+        "model_name",
+        "dataset_manifest",
+        "version",
+        "execution",
+        "machine_type",
+    )
     ui_color = "#d6f0e0"
 
     def __init__(
@@ -234,6 +269,11 @@ class ConvertModelOperator(BaseOperator):
         tflite: bool = True,
         preview_images: int = 4,
         convert_timeout: float = 3600,
+        execution: str = "local",
+        image: str = DEFAULT_IMAGE,
+        machine_type: str | None = "cpu",
+        storage_secret: str | None = DEFAULT_STORAGE_SECRET,
+        pod_arguments: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -252,8 +292,16 @@ class ConvertModelOperator(BaseOperator):
         self.tflite = tflite
         self.preview_images = preview_images
         self.convert_timeout = convert_timeout
+        self.execution = execution
+        self.image = image
+        self.machine_type = machine_type
+        self.storage_secret = storage_secret
+        self.pod_arguments = dict(pod_arguments or {})
+        self._pod: Any = None
 
     def execute(self, context: Context) -> dict[str, Any]:
+        if self.execution not in EXECUTIONS:
+            raise AirflowFailException(f"execution must be 'local' or 'kubernetes', got {self.execution!r}")
         run = self.path(_run_uri(self.run_uri))
         models = self.path(self.root) / "models" / self.model_name
         result = self._finished_result(run)
@@ -264,8 +312,7 @@ class ConvertModelOperator(BaseOperator):
         version = free_version(models, self.version or datetime.now(UTC).strftime(VERSION_FORMAT))
         with tempfile.TemporaryDirectory(prefix="airflow-cvat-publish-") as scratch:
             staged, built = Path(scratch, "run"), Path(scratch, "version")
-            self._stage(run, staged)
-            converted = self.run_convert(staged, Path(scratch, "convert"))
+            converted = self._convert(run, staged, Path(scratch, "convert"), context)
             metrics = json.loads((staged / "metrics.json").read_text())
             decision = self.decide(metrics.get("AP50"), latest, broken=converted.get("error"))
             if not converted.get("ok"):
@@ -308,14 +355,28 @@ class ConvertModelOperator(BaseOperator):
             raise PublishError(f"the training run {uri_of(run)} ended with status {result.get('status')!r}")
         return result
 
-    def _stage(self, run: ObjectStoragePath, staged: Path) -> None:
-        """A local copy of what the TensorFlow half needs: it reads paths, never storage."""
+    def _convert(
+        self, run: ObjectStoragePath, staged: Path, output: Path, context: Context
+    ) -> dict[str, Any]:
+        """The TensorFlow half on the run's backend; its files end up in ``output`` either way."""
+        if self.execution == "local":
+            self._stage(run, staged)
+            return self.run_convert(staged, output)
+        self._stage(run, staged, tensorflow_inputs=False)  # the SavedModel and label map, to publish
+        converted = self.run_convert_in_pod(uri_of(run), uri_of(run / CONVERTED), context)
+        download_tree(run / CONVERTED, output)
+        return converted
+
+    def _stage(self, run: ObjectStoragePath, staged: Path, *, tensorflow_inputs: bool = True) -> None:
+        """A local copy of what publishing reads; with ``tensorflow_inputs`` also what the local
+        TensorFlow half reads (events, validation TFRecords): it reads paths, never storage."""
         for name in RUN_FILES:
             if (run / name).exists():
                 write_local(staged / name, (run / name).read_bytes())
-        for name in RUN_FOLDERS:
+        for name in RUN_FOLDERS if tensorflow_inputs else ("saved_model",):
             download_tree(run / name, staged / name)
-        download_tree(run / "data", staged / "data", pattern="val-*.tfrecord")
+        if tensorflow_inputs:
+            download_tree(run / "data", staged / "data", pattern="val-*.tfrecord")
         if (run / "data" / "label_map.json").exists():
             write_local(staged / "data" / "label_map.json", (run / "data" / "label_map.json").read_bytes())
         missing = [n for n in ("saved_model/saved_model.pb", "metrics.json") if not (staged / n).exists()]
@@ -340,6 +401,34 @@ class ConvertModelOperator(BaseOperator):
             command.append("--no-tflite")
         self.log.info("running %s", " ".join(command))
         return run_json_command(command, self.convert_timeout, self.log.info)
+
+    def run_convert_in_pod(self, run_uri: str, output_uri: str, context: Context) -> dict[str, Any]:
+        """``trainer.convert all`` in a pod of the training image, which reads and writes storage.
+
+        The pod operator runs inside this task (its XCom, the command's result file, is the
+        answer); ``on_kill`` stops it with the task.
+        """
+        pod_class = __getattr__("KubernetesConvertOperator")
+        arguments = {"active_deadline_seconds": int(self.convert_timeout), **self.pod_arguments}
+        self._pod = pod_class(
+            task_id=self.task_id,
+            run_uri=run_uri,
+            output_uri=output_uri,
+            tflite=self.tflite,
+            preview_images=self.preview_images,
+            image=self.image,
+            machine_type=self.machine_type,
+            storage_secret=self.storage_secret,
+            **arguments,
+        )
+        result = self._pod.execute(context)
+        if not isinstance(result, dict) or "ok" not in result:
+            raise PublishError(f"the convert pod returned no result ({result!r}); see its log above")
+        return result
+
+    def on_kill(self) -> None:
+        if self._pod is not None:
+            self._pod.on_kill()
 
     def _build(self, staged, converted_dir, built, version, result, metrics, converted) -> None:
         """Assemble the version folder locally; uploaded as a whole, then the marker."""
@@ -477,6 +566,64 @@ class ConvertModelOperator(BaseOperator):
             "files": files,
             "storage_conn_id": self.storage_conn_id,
         }
+
+
+ConvertModelOperator = PublishModelOperator
+"""The name the mission (and existing DAGs) use; the same operator."""
+
+
+# ---- the Kubernetes backend of the TensorFlow half ----------------------------------------------
+
+
+class KubernetesConvertMixin(PodCommand):
+    """``python -m airflow_cvat.trainer.convert all`` in a pod; see KubernetesConvertOperator.
+
+    Built by :meth:`PublishModelOperator.run_convert_in_pod`, not placed in DAGs itself.
+
+    :param run_uri: the run folder the pod reads (``s3://...``; file:// only on a shared volume).
+    :param output_uri: where the pod writes model.tflite, previews/ and history.json.
+    :param tflite, preview_images: as for PublishModelOperator.
+    :param image, machine_type, storage_secret: as for the training pod.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_uri: str,
+        output_uri: str,
+        tflite: bool = True,
+        preview_images: int = 4,
+        image: str,
+        machine_type: str | None = "cpu",
+        storage_secret: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**pod_kwargs(kwargs, image=image, name="cvat-publish"))
+        self.run_uri = run_uri
+        self.output_uri = output_uri
+        self.tflite = tflite
+        self.preview_images = preview_images
+        self.machine_type = machine_type
+        self.storage_secret = storage_secret
+
+    def configure_pod(self, context: Context | None) -> None:
+        """The command (URIs only, never credentials), the machine and the storage Secret."""
+        args = ["all", "--run", self.run_uri, "--output", self.output_uri]
+        args += ["--count", str(self.preview_images), "--result-file", POD_RESULT_FILE]
+        if not self.tflite:
+            args.append("--no-tflite")
+        machine = self.resolve_machine()
+        self.log.info("Converting on machine type %s: %s", machine.name, " ".join(args))
+        self.set_command(CONVERT_MODULE, args, machine, num_clones=1, secrets=[self.storage_secret])
+
+
+__getattr__ = lazy_pod_operator(
+    globals(),
+    "KubernetesConvertOperator",
+    KubernetesConvertMixin,
+    template_fields=("run_uri", "output_uri", "machine_type", "storage_secret"),
+    ui_color="#d6e6f0",
+)
 
 
 # ---- helpers ------------------------------------------------------------------------------------

@@ -12,12 +12,20 @@ Commands (each prints one JSON object on its last stdout line)::
     python -m airflow_cvat.trainer.convert preview --saved-model DIR --data DIR --label-map FILE
                                                    --output DIR [--count 4] [--threshold 0.3]
     python -m airflow_cvat.trainer.convert history --tensorboard DIR --output FILE
-    python -m airflow_cvat.trainer.convert all     --run DIR --output DIR [--no-tflite] [--count 4]
+    python -m airflow_cvat.trainer.convert all     --run DIR|URI --output DIR|URI [--no-tflite] [--count 4]
+                                                   [--result-file FILE]
 
 ``all`` is what the operator runs (one TensorFlow start-up instead of four): ``check`` first
 (a model that does not load or predict stops everything: ``{"ok": false, "error": ...}``), then
 TFLite, previews and the loss/AP history, each of which records its own failure instead of
 failing the whole command: a model that cannot become TFLite is still a good model.
+
+Where it runs: on the backend the DAG run chose. Locally the operator stages the run into a
+folder and passes paths (no credentials reach this process). In a pod of the training image
+``--run`` is the run's URI (``s3://...``) and ``--output`` a URI too: :func:`stage_run` pulls
+only what ``all`` reads, :func:`push_output` uploads the results, with the credentials the pod
+gets from its Secret (``AWS_*``, read by :mod:`airflow_cvat.trainer.storage`), and
+``--result-file`` receives the JSON result (the pod's XCom, ``/airflow/xcom/return.json``).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -364,6 +373,65 @@ def run_all(run: Path, output: Path, *, tflite: bool = True, count: int = 4, thr
     return result
 
 
+STAGED_FILES = ("label_map.json", "data/label_map.json")
+"""What ``all`` reads from a run besides its folders (saved_model, tensorboard, val TFRecords)."""
+
+
+def is_uri(location: str) -> bool:
+    """True for ``s3://`` and ``file://`` locations, False for a plain local path."""
+    return "://" in location
+
+
+def stage_run(run_uri: str, local: Path) -> Path:
+    """Copy what ``all`` reads from the run at ``run_uri`` into ``local``; return the local run.
+
+    Only the SavedModel, the TensorBoard events, the label maps and the validation TFRecords: the
+    training TFRecords and checkpoints can be gigabytes and ``all`` never reads them. A file://
+    run is read in place.
+    """
+    from airflow_cvat.trainer import storage
+
+    if storage.is_local(run_uri):
+        return Path(storage.split_uri(run_uri)[1])
+    fs, root = storage.split_uri(run_uri)
+    for folder in ("saved_model", "tensorboard"):
+        if fs.exists(f"{root}/{folder}"):
+            fs.get(f"{root}/{folder}/", str(local / folder) + "/", recursive=True)
+    for name in STAGED_FILES:
+        if fs.exists(f"{root}/{name}"):
+            storage.get_file(storage.join(run_uri, name), local / name)
+    for remote in fs.glob(f"{root}/data/val-*.tfrecord"):
+        name = remote.rsplit("/", 1)[-1]
+        storage.get_file(storage.join(run_uri, "data", name), local / "data" / name)
+    return local
+
+
+def push_output(local: Path, output_uri: str) -> None:
+    """Upload everything ``all`` wrote under ``local`` to ``output_uri`` (a no-op for file://)."""
+    from airflow_cvat.trainer import storage
+
+    if storage.is_local(output_uri):
+        return
+    fs, root = storage.split_uri(output_uri)
+    fs.put(str(local) + "/", root.rstrip("/") + "/", recursive=True)
+
+
+def run_all_at(run: str, output: str, **options: Any) -> dict:
+    """:func:`run_all` for paths or URIs: stage the run, convert, upload the results."""
+    from airflow_cvat.trainer import storage
+
+    with tempfile.TemporaryDirectory(prefix="airflow-cvat-convert-") as scratch:
+        staged = stage_run(run, Path(scratch, "run")) if is_uri(run) else Path(run)
+        local_output = Path(output)
+        if is_uri(output):
+            remote = not storage.is_local(output)
+            local_output = Path(scratch, "output") if remote else Path(storage.split_uri(output)[1])
+        result = run_all(staged, local_output, **options)
+        if is_uri(output):
+            push_output(local_output, output)
+        return result
+
+
 def _guarded(function, *args) -> dict[str, Any]:
     try:
         return function(*args)
@@ -396,8 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--tensorboard", required=True)
     events.add_argument("--output", required=True)
     every = commands.add_parser("all", help="check, TFLite, previews and history for a staged run")
-    every.add_argument("--run", required=True, help="local folder with saved_model/, label_map.json, ...")
-    every.add_argument("--output", required=True)
+    every.add_argument(
+        "--run", required=True, help="the run: a local folder with saved_model/, ... or its URI"
+    )
+    every.add_argument("--output", required=True, help="a local folder or a URI (s3://, file://)")
+    every.add_argument("--result-file", default=None, help="also write the JSON result here (a pod's XCom)")
     every.add_argument("--no-tflite", action="store_true")
     every.add_argument("--count", type=int, default=4)
     every.add_argument("--threshold", type=float, default=0.3)
@@ -426,19 +497,30 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.output).write_text(json.dumps(result))
             result = {"file": args.output, "series": {k: sorted(v) for k, v in result.items()}}
         else:
-            result = run_all(
-                Path(args.run),
-                Path(args.output),
+            result = run_all_at(
+                args.run,
+                args.output,
                 tflite=not args.no_tflite,
                 count=args.count,
                 threshold=args.threshold,
             )
     except Exception as error:  # noqa: BLE001 - the caller reads the reason from the JSON line
         log.error("%s", traceback.format_exc())
-        print(json.dumps({"ok": False, "error": f"{type(error).__name__}: {_first_line(error)}"}))
-        return 1
-    print(json.dumps(result, default=str))
-    return 0 if result.get("ok", True) else 1
+        result, crashed = {"ok": False, "error": f"{type(error).__name__}: {_first_line(error)}"}, True
+    else:
+        crashed = False
+    text = json.dumps(result, default=str)
+    result_file = getattr(args, "result_file", None)
+    if result_file:
+        from airflow_cvat.envelope import write_atomically
+
+        write_atomically(result_file, text)
+    print(text, flush=True)
+    if result.get("ok", True) or (result_file and not crashed):
+        # With a result file, a broken model is an answer the caller reads (and publishes nothing),
+        # not a failed pod: KubernetesPodOperator fails the task on any non-zero exit.
+        return 0
+    return 1
 
 
 if __name__ == "__main__":
