@@ -153,6 +153,31 @@ def split_arguments(text: str | None) -> dict[str, str]:
     return values
 
 
+def merge_num_clones(text: str | None, num_clones: Any) -> str:
+    """The argument string with a separately given num_clones (the form has a field for it).
+
+    The one rule, wherever num_clones arrives twice: empty or the default 1 adds nothing the
+    string does not say (the form's field always holds a value, 1 unless a person changed it);
+    any other value goes into the string, and a string that says otherwise is refused, because
+    two GPU counts for one run is a mistake, not a preference.
+    """
+    text = (text or "").strip()
+    if num_clones in (None, "", "None"):
+        return text
+    try:
+        clones = int(num_clones)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"num_clones must be a whole number, got {num_clones!r}") from None
+    given = split_arguments(text).get("num_clones")
+    if given is None:
+        return ";".join(part for part in (text.rstrip(";"), f"num_clones={clones}") if part)
+    if clones != 1 and str(clones) != given:
+        raise ArgumentError(
+            f"num_clones={clones} conflicts with num_clones={given} in the arguments; give it once"
+        )
+    return text
+
+
 def parse_arguments(
     model: str,
     text: str | None,

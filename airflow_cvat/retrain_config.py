@@ -14,9 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow_cvat.arguments import ArgumentError, parse_arguments, split_arguments
-from airflow_cvat.catalog import CatalogError, get_model, load_catalog
-from airflow_cvat.machines import MachineTypeError, choose_machine, load_machine_types
+from airflow_cvat.training_plan import PlanError, TrainingPlan, plan_training
 
 EXECUTIONS = ("local", "kubernetes")
 DEFAULT_MODEL = "ssd-mobilenet-v2-coco"
@@ -65,6 +63,7 @@ class RetrainConfig:
     catalog_file: str | None = None
     model_name: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] | None = None
     pre_annotate: bool = False
     pre_annotate_task_ids: list[int] = field(default_factory=list)
     pre_annotate_project_id: int | None = None
@@ -79,10 +78,17 @@ class RetrainConfig:
             return "tasks-" + "-".join(map(str, sorted(self.task_ids)))
         return "storage-" + hashlib.sha256((self.source_uri or "").encode()).hexdigest()[:12]
 
+    @property
+    def training_plan(self) -> TrainingPlan:
+        """What the training task runs as given: config already merged, parsed and chose."""
+        return TrainingPlan.from_dict(asdict(self))
+
     def to_dict(self) -> dict[str, Any]:
+        """The run plan as downstream tasks read it, by key (an XCom value, plain JSON)."""
         data = asdict(self)
         data["source_key"] = self.source_key
         data["published_name"] = self.model_name or self.model
+        data["training_plan"] = self.training_plan.to_dict()
         return data
 
 
@@ -252,51 +258,28 @@ def _check_source(config: RetrainConfig) -> list[str]:
 
 
 def _check_training(config: RetrainConfig, machine_types: str | dict | None) -> list[str]:
-    """Execution, model, arguments and machine type, each reported on its own."""
+    """Execution, then the training plan (model, arguments, num_clones, machine), each reported."""
     problems: list[str] = []
     if config.execution not in EXECUTIONS:
         problems.append(
             f"execution must be one of {list(EXECUTIONS)} (or 'default'), got {config.execution!r}"
         )
     try:
-        catalog = load_catalog(config.catalog_file)
-    except CatalogError as err:
-        return [*problems, f"catalogue file {config.catalog_file!r} is invalid: {err}; fix the file or "
-                "remove catalog_file from the cvat_retrain Variable"]  # fmt: skip
-    try:
-        get_model(config.model, catalog)
-    except CatalogError as err:
-        problems.append(f"model: {err}")
-    num_clones = config.num_clones
-    try:
-        config.arguments = _with_clones(config.arguments, config.num_clones)
-        if config.model in catalog:
-            args = parse_arguments(config.model, config.arguments, catalog=catalog)
-            config.training, num_clones = args.to_dict(), args.num_clones
-        else:
-            split_arguments(config.arguments)
-    except ArgumentError as err:
-        problems.append(f"bad training arguments: {err}")
-    config.num_clones = num_clones
-    if config.execution == "kubernetes":
-        try:
-            types = load_machine_types(machine_types)
-            config.machine_type = choose_machine(types, config.machine_type, num_clones).name
-        except MachineTypeError as err:
-            problems.append(f"machine type: {err}")
-    return problems
-
-
-def _with_clones(arguments: str, num_clones: int) -> str:
-    """The num_clones param and the string's num_clones must agree; the string gets the value."""
-    given = split_arguments(arguments).get("num_clones")
-    if given is None:
-        return ";".join(part for part in (arguments.strip().rstrip(";"), f"num_clones={num_clones}") if part)
-    if num_clones != 1 and str(num_clones) != given:
-        raise ArgumentError(
-            f"num_clones is {num_clones} in the form but {given} in the arguments string; give it once"
+        plan = plan_training(
+            config.model,
+            config.arguments,
+            config.num_clones,
+            catalog_file=config.catalog_file,
+            kubernetes=config.execution == "kubernetes",
+            machine_type=config.machine_type,
+            machine_types=machine_types,
         )
-    return arguments
+    except PlanError as error:
+        return problems + error.problems
+    config.arguments, config.num_clones, config.training = plan.arguments, plan.num_clones, plan.training
+    if plan.machine is not None:
+        config.machine_type, config.machine = plan.machine.name, plan.machine.to_dict()
+    return problems
 
 
 def parse_ids(value: Any, name: str = "task_ids") -> list[int]:

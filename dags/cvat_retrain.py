@@ -9,16 +9,16 @@ from __future__ import annotations
 import os
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param
 
 from airflow_cvat.arguments import ARGUMENTS_PATTERN, MAX_CLONES
 from airflow_cvat.catalog import load_catalog
 from airflow_cvat.machines import BUILTIN_MACHINE_TYPES
 from airflow_cvat.notifications.email import CVATEmailNotifier, ModelReportEmailOperator
-from airflow_cvat.operators.backends import RunBackendOperator
 from airflow_cvat.operators.base_model import BaseModelPullOperator
+from airflow_cvat.operators.config import RetrainConfigOperator
 from airflow_cvat.operators.convert import ConvertModelOperator
-from airflow_cvat.operators.export import CVATExportOperator
+from airflow_cvat.operators.export import CVATExportOperator, RecordDatasetOperator
 from airflow_cvat.operators.preannotate import preannotate_operator
 from airflow_cvat.operators.training import LocalTrainingOperator
 from airflow_cvat.retrain_config import DEFAULT_MODEL, IDS_PATTERN
@@ -206,42 +206,10 @@ with DAG(
     doc_md=DOC_MD,
     default_args={"on_failure_callback": CVATEmailNotifier(smtp_conn_id=SMTP_CONN_ID, publish_task_id=None)},
 ) as dag:
-
-    @task
-    def config(**context) -> dict:
-        """Resolve and validate the whole run now: a typo must not cost an export or a GPU hour."""
-        import json
-
-        from airflow.sdk import Variable
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from airflow_cvat.retrain_config import resolve, scheduled_skip_reason
-
-        settings = json.loads(Variable.get("cvat_retrain", default="{}"))
-        defaults = {**{k: v for k, v in context["params"].items() if v not in (None, [], "")}, **settings}
-        defaults.setdefault("execution", DEFAULT_EXECUTION)
-        dag_run = context["dag_run"]
-        conf = dict(dag_run.conf or {})
-        if dag_run.run_type == "scheduled":
-            now = pendulum.now("UTC")
-            if reason := scheduled_skip_reason(conf, defaults, due=dag_run.run_after, started=now):
-                raise AirflowSkipException(reason)
-        machine_types = Variable.get("cvat_machine_types", default=None)
-        resolved = resolve(conf, defaults, machine_types=machine_types)
-        if resolved.execution == "kubernetes" and not KUBERNETES:
-            raise ValueError(
-                "execution 'kubernetes' is not enabled in this deployment: set CVAT_RETRAIN_KUBERNETES=true "
-                "for the dag-processor and workers (and a kubernetes_default connection), or use 'local'"
-            )
-        resolved = resolved.to_dict()
-        folder = _safe(context["run_id"])
-        resolved["dataset_uri"] = f"{resolved['root']}/datasets/{resolved['source_key']}/{folder}"
-        return resolved
-
-    def _safe(run_id: str) -> str:
-        return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
-
-    resolved = config()
+    # Classic operators, not @task: airflow.sdk.task costs more parse time than the rest of this file.
+    resolved = RetrainConfigOperator(
+        task_id="config", kubernetes_enabled=KUBERNETES, default_execution=DEFAULT_EXECUTION
+    )
 
     export = CVATExportOperator(
         task_id="export",
@@ -268,18 +236,14 @@ with DAG(
         "model": cfg("model"),
         "root": cfg("root"),
         "base_checkpoint": "{{ ti.xcom_pull(task_ids='pull_base_model') }}",
-        "training_arguments": cfg("arguments"),
         "catalog_file": cfg("catalog_file"),
+        "plan": cfg("training_plan"),  # arguments, num_clones and machine, resolved once by config
     }
     train_tasks = [LocalTrainingOperator(task_id="train_local", storage_conn_id=STORAGE_CONN_ID, **training)]
     if KUBERNETES:
         from airflow_cvat.operators.training import KubernetesTrainingOperator
 
-        train_tasks.append(
-            KubernetesTrainingOperator(
-                task_id="train_kubernetes", machine_type=cfg("machine_type"), **training
-            )
-        )
+        train_tasks.append(KubernetesTrainingOperator(task_id="train_kubernetes", **training))
 
     convert = ConvertModelOperator(
         task_id="publish",
@@ -292,43 +256,34 @@ with DAG(
         quality_margin=QUALITY_MARGIN,
         quality_floor=QUALITY_FLOOR,
         storage_conn_id=STORAGE_CONN_ID,
-        execution=cfg("execution"),  # TensorFlow's half runs where training ran: a subprocess or a pod
         trigger_rule="none_failed_min_one_success",
     )
 
-    @task
-    def record_dataset(manifest_uri: str) -> str:
-        """Only now is this dataset 'trained on': the next nightly run skips it if unchanged."""
-        from airflow_cvat.operators.export import record_latest_export
-
-        return record_latest_export(manifest_uri, STORAGE_CONN_ID)
+    # Only once published is this dataset 'trained on': the next nightly run skips it if unchanged.
+    record_dataset = RecordDatasetOperator(
+        task_id="record_dataset", manifest_uri=export.output, storage_conn_id=STORAGE_CONN_ID
+    )
 
     resolved >> [export, pull]
     if KUBERNETES:
+        from airflow_cvat.operators.config import TrainingBackendBranchOperator
 
-        @task.branch
-        def where_to_train(settings: dict) -> str:
-            return "train_kubernetes" if settings["execution"] == "kubernetes" else "train_local"
-
-        [export, pull] >> where_to_train(resolved) >> train_tasks
+        where_to_train = TrainingBackendBranchOperator(task_id="where_to_train")
+        [export, pull] >> where_to_train >> train_tasks
     else:
         [export, pull] >> train_tasks[0]
     # Optional (the pre_annotate param): skipped when off, which email_report's trigger rule allows.
-    # The backend is the run's `execution` (as for training and publish), chosen when it runs.
-    pre_annotate = RunBackendOperator(
+    pre_annotate = preannotate_operator(
+        "kubernetes" if KUBERNETES else "local",
         task_id="pre_annotate",
-        execution=cfg("execution"),
-        factory=preannotate_operator,
-        arguments={
-            "enabled": cfg("pre_annotate"),
-            "task_ids": cfg("pre_annotate_task_ids"),
-            "project_id": cfg("pre_annotate_project_id"),
-            "model_uri": "{{ ti.xcom_pull(task_ids='publish') }}",
-            "threshold": cfg("pre_annotate_threshold"),
-            "cvat_conn_id": CVAT_CONN_ID,
-            "storage_conn_id": STORAGE_CONN_ID,
-            "machine_type": cfg("machine_type"),
-        },
+        enabled=cfg("pre_annotate"),
+        task_ids=cfg("pre_annotate_task_ids"),
+        project_id=cfg("pre_annotate_project_id"),
+        model_uri="{{ ti.xcom_pull(task_ids='publish') }}",
+        threshold=cfg("pre_annotate_threshold"),
+        cvat_conn_id=CVAT_CONN_ID,
+        storage_conn_id=STORAGE_CONN_ID,
+        machine_type=cfg("machine_type"),
     )
     report = ModelReportEmailOperator(
         task_id="email_report",
@@ -338,7 +293,7 @@ with DAG(
         pre_annotation="{{ ti.xcom_pull(task_ids='pre_annotate') }}",
         trigger_rule="none_failed_min_one_success",
     )
-    train_tasks >> convert >> [record_dataset(export.output), report]
+    train_tasks >> convert >> [record_dataset, report]
     convert >> pre_annotate >> report
 
     for each in dag.tasks:

@@ -164,6 +164,34 @@ def test_kubernetes_picks_the_smallest_machine_with_enough_gpus():
     assert config.machine_type == "gpu-2" and config.training["num_clones"] == 2
 
 
+def test_the_plan_carries_what_training_runs_with_merged_and_chosen_once():
+    """num_clones from the form goes into the arguments under one rule; the machine is chosen here,
+    and the training task reads all of it from training_plan (it parses nothing again)."""
+    plan = resolve({"task_ids": [1], "execution": "kubernetes", "num_clones": 2}, DEFAULTS).to_dict()
+    training = plan["training_plan"]
+    assert training["arguments"] == "num_clones=2" and training["num_clones"] == 2
+    assert training["machine"]["name"] == plan["machine_type"] == "gpu-2" and training["machine"]["gpus"] == 2
+    assert training["training"] == plan["training"]
+    assert resolve({"task_ids": [1]}, DEFAULTS).to_dict()["training_plan"]["machine"] is None
+    # The form's default 1 leaves the string's count alone; any other value must agree with it.
+    assert resolve({"task_ids": [1], "arguments": "num_clones=4;batch_size=24"}, DEFAULTS).num_clones == 4
+    with pytest.raises(ConfigError, match="num_clones=2 conflicts with num_clones=4 in the arguments"):
+        resolve({"task_ids": [1], "num_clones": 2, "arguments": "num_clones=4"}, DEFAULTS)
+
+
+def test_one_layout_names_the_run_folders():
+    """The export's dataset folder and the run folder use the same safe form of the run id."""
+    from airflow_cvat.layout import dataset_uri, run_uri, safe_run_id
+
+    run_id = "manual__2026-12-04T10:00:00+00:00"
+    assert safe_run_id(run_id) == "manual__2026-12-04T10_00_00_00_00"
+    assert (
+        dataset_uri("s3://b/cvat/", "tasks-1", run_id)
+        == f"s3://b/cvat/datasets/tasks-1/{safe_run_id(run_id)}"
+    )
+    assert run_uri("s3://b/cvat", run_id) == f"s3://b/cvat/runs/{safe_run_id(run_id)}"
+
+
 def test_missing_root_is_explained():
     with pytest.raises(ConfigError, match="cvat_retrain Variable"):
         resolve({"task_ids": [1]}, {})

@@ -177,6 +177,24 @@ def test_cpu_machine_asks_for_no_gpu_and_secret_name_is_configurable(kubernetes_
     assert "file:///root/runs/manual__2026-01-01T00_00_00_00_00" in container.args
 
 
+def test_a_resolved_plan_runs_as_given(kubernetes_conn, monkeypatch) -> None:
+    """The DAG's config parsed, merged and chose the machine: the operator reads no Variable, loads
+    no catalogue and parses nothing; the GPU limit is the plan's num_clones."""
+    from airflow_cvat import training_plan
+
+    monkeypatch.setattr(training_plan, "load_catalog", lambda *a: pytest.fail("parsed again"))
+    monkeypatch.setattr(training, "_machine_types", lambda: pytest.fail("Variable read again"))
+    machine = {**BUILTIN_MACHINE_TYPES["gpu-2"].to_dict(), "node_selector": {"pool": "l4"}}
+    plan = {"arguments": "epochs=10;num_clones=2", "num_clones": 2, "training": {}, "machine": machine}
+    op = training.KubernetesTrainingOperator(
+        task_id="t", namespace="ns", dataset="d", model="ssd-mobilenet-v2-coco", root="s3://b/r", plan=plan
+    )
+    pod = op.build_pod_request_obj(ctx(), dry_run=True)
+    container = pod.spec.containers[0]
+    assert container.args[container.args.index("--arguments") + 1] == "epochs=10;num_clones=2"
+    assert container.resources.limits["nvidia.com/gpu"] == "2" and pod.spec.node_selector == {"pool": "l4"}
+
+
 def test_retries_reuse_the_same_output(kubernetes_conn) -> None:
     outputs = set()
     for try_number in (1, 2, 3):

@@ -586,6 +586,28 @@ def record_latest_export(manifest_uri: str, storage_conn_id: str | None = None) 
     return _write_latest(manifest_path.parent.parent, manifest.fingerprint, manifest_uri)
 
 
+class RecordDatasetOperator(BaseOperator):
+    """Record an export as trained on, once the model trained on it is published.
+
+    Why a task of its own: the export runs with ``record_latest=False``, so a failed training is
+    retried by the next nightly run instead of being skipped as "unchanged".
+
+    :param manifest_uri: the export's manifest (CVATExportOperator's XCom).
+    :param storage_conn_id: connection for the artifact root (None: the worker's own credentials).
+    :return: the URI of the marker written.
+    """
+
+    template_fields: Sequence[str] = ("manifest_uri",)
+
+    def __init__(self, *, manifest_uri: str, storage_conn_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.manifest_uri = manifest_uri
+        self.storage_conn_id = storage_conn_id
+
+    def execute(self, context: Context) -> str:
+        return record_latest_export(self.manifest_uri, self.storage_conn_id)
+
+
 def _write_latest(source_folder: ObjectStoragePath, digest: str, manifest_uri: str) -> str:
     latest = source_folder / LATEST_NAME
     latest.write_text(json.dumps({"fingerprint": digest, "manifest": manifest_uri}))

@@ -3,13 +3,17 @@
 Why one builder: the trainer (``python -m airflow_cvat.trainer train ...``) is the only
 implementation of training. :class:`TrainerCommand` builds its arguments once; the Kubernetes
 operator puts them in a pod, the local operator in a subprocess (the astronomer-cosmos idea of
-one command builder under thin execution adapters). Both validate the argument string with
-:func:`airflow_cvat.arguments.parse_arguments` first, so a typo fails in milliseconds, before a
-pod is created or a process started.
+one command builder under thin execution adapters).
+
+Both run a :class:`~airflow_cvat.training_plan.TrainingPlan`: the DAG's ``config`` task resolved
+it (num_clones merged, arguments parsed, machine chosen) and passes it as ``plan``, which the
+operator runs as given. Used on its own, without a plan, an operator resolves one with the same
+:func:`~airflow_cvat.training_plan.plan_training`, so a typo fails in milliseconds, before a pod
+is created or a process started.
 
 Both derive the run's output folder from the artifact root and the run id
-(:func:`run_output_uri`), never from the try number: the trainer resumes from the checkpoints
-it finds there, so a retry continues where the failed try stopped.
+(:func:`airflow_cvat.layout.run_uri`), never from the try number: the trainer resumes from the
+checkpoints it finds there, so a retry continues where the failed try stopped.
 
 Import cost: ``KubernetesPodOperator`` pulls in the Kubernetes client (about 1-2 s), and DAG
 files are parsed many times a minute. So :class:`KubernetesTrainingOperator` is created on first
@@ -19,7 +23,6 @@ access (a module ``__getattr__``); a DAG that only trains locally never pays for
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,11 +31,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_cvat.arguments import ArgumentError, TrainingArguments, parse_arguments, split_arguments
-from airflow_cvat.catalog import CatalogError, load_catalog
+from airflow_cvat.layout import run_uri, safe_run_id  # noqa: F401 (callers import it from here)
+from airflow_cvat.machines import MACHINE_TYPES_VARIABLE
 from airflow_cvat.operators.backends import backend_operator, keyword_parameters
 from airflow_cvat.operators.pod import PodCommand, lazy_pod_operator, pod_kwargs
 from airflow_cvat.operators.process import LocalCommand, checked_result
+from airflow_cvat.training_plan import PlanError, TrainingPlan, plan_training
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -54,6 +58,7 @@ TRAINING_TEMPLATE_FIELDS: tuple[str, ...] = (
     "training_arguments",
     "num_clones",
     "catalog_file",
+    "plan",
 )
 
 
@@ -89,33 +94,15 @@ class TrainerCommand:
         return [python, "-m", module, *self.args()]
 
 
-def safe_run_id(run_id: str) -> str:
-    """A run id usable as one path segment anywhere (``:`` and ``+`` are awkward in URLs and S3)."""
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", run_id).strip("_") or "run"
+def _machine_types() -> str | None:
+    """The deployment's machine types (a Variable), read when a task runs, never at parse time."""
+    from airflow.sdk import Variable
+
+    return Variable.get(MACHINE_TYPES_VARIABLE, default=None)
 
 
-def run_output_uri(root: str, run_id: str) -> str:
-    """``{root}/runs/{run_id}``: same for every try of a run, so a retry resumes from checkpoints."""
-    return f"{root.rstrip('/')}/runs/{safe_run_id(run_id)}"
-
-
-def merge_num_clones(arguments: str | None, num_clones: Any) -> str | None:
-    """Add a separately given num_clones (the DAG form has a field for it) to the argument string.
-
-    Why refuse a conflict: two different GPU counts for one run is a mistake, not a preference.
-    """
-    if num_clones in (None, "", "None"):
-        return arguments
-    try:
-        clones = int(num_clones)
-    except (TypeError, ValueError):
-        raise ArgumentError(f"num_clones must be a whole number, got {num_clones!r}") from None
-    given = split_arguments(arguments).get("num_clones")
-    if given is not None:
-        if str(given) != str(clones):
-            raise ArgumentError(f"num_clones={clones} conflicts with num_clones={given} in the arguments")
-        return arguments
-    return ";".join(p for p in ((arguments or "").strip().rstrip(";"), f"num_clones={clones}") if p)
+run_output_uri = run_uri
+"""The name this module gave :func:`airflow_cvat.layout.run_uri` before the layout had one owner."""
 
 
 class TrainingParams:
@@ -136,6 +123,7 @@ class TrainingParams:
         training_arguments: str | None = None,
         num_clones: Any = None,
         catalog_file: str | None = None,
+        plan: dict[str, Any] | None = None,
         trainer_module: str = TRAINER_MODULE,
         **kwargs: Any,
     ) -> None:
@@ -152,20 +140,29 @@ class TrainingParams:
         self.training_arguments = training_arguments
         self.num_clones = num_clones
         self.catalog_file = catalog_file
+        self.plan = plan
         self.trainer_module = trainer_module
 
-    def validate_arguments(self) -> tuple[str | None, TrainingArguments]:
-        """(argument string as the trainer gets it, parsed arguments); bad input fails the task now.
+    def training_plan(self, *, kubernetes: bool = False) -> TrainingPlan:
+        """The plan ``config`` resolved, as given; else one resolved now (bad input fails the task).
 
         AirflowFailException: retrying a typo cannot help. The image count is unknown here, so
         the trainer parses again with it (only the default number of steps can change).
         """
+        if self.plan:
+            return TrainingPlan.from_dict(self.plan)
         try:
-            text = merge_num_clones(self.training_arguments, self.num_clones)
-            parsed = parse_arguments(self.model, text, catalog=load_catalog(self.catalog_file))
-        except (ArgumentError, CatalogError) as error:
-            raise AirflowFailException(f"invalid training arguments: {error}") from None
-        return text, parsed
+            return plan_training(
+                self.model,
+                self.training_arguments,
+                self.num_clones,
+                catalog_file=self.catalog_file,
+                kubernetes=kubernetes,
+                machine_type=getattr(self, "machine_type", None),
+                machine_types=_machine_types() if kubernetes else None,
+            )
+        except PlanError as error:
+            raise AirflowFailException(f"invalid training: {error}") from None
 
     def trainer_command(
         self, context: Context | None, text: str | None, result_file: str | None
@@ -173,7 +170,7 @@ class TrainingParams:
         run_id = (context or {}).get("run_id") or "dry_run"
         return TrainerCommand(
             dataset=self.dataset,
-            output=self.output_uri or run_output_uri(self.root or "", str(run_id)),
+            output=self.output_uri or run_uri(self.root or "", str(run_id)),
             model=self.model,
             base_checkpoint=self.base_checkpoint or None,
             arguments=text,
@@ -196,6 +193,9 @@ class LocalTrainingOperator(LocalCommand, TrainingParams, BaseOperator):
     :param training_arguments: ``"epochs=100;batch_size=24;num_clones=2"``.
     :param num_clones: replicas, when not in ``training_arguments`` (the DAG form's field).
     :param catalog_file: a catalogue file readable on the worker.
+    :param plan: a resolved :class:`~airflow_cvat.training_plan.TrainingPlan` as a dict (the DAG's
+        ``config`` gives its ``training_plan``): run as given, instead of ``training_arguments``
+        and ``num_clones``.
     :param storage_conn_id: an AWS connection; its credentials, region and endpoint reach the
         trainer as AWS_* environment variables (never argv, never the log). None: the worker's own.
     :param trainer_module: module run with ``python -m``; tests point it at a fake trainer.
@@ -213,7 +213,7 @@ class LocalTrainingOperator(LocalCommand, TrainingParams, BaseOperator):
         super().__init__(**kwargs)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        text, _ = self.validate_arguments()
+        text = self.training_plan().arguments
         finished, result = self.run_command(
             lambda result_file: self.trainer_command(context, text, result_file).argv(
                 self.python or sys.executable, self.trainer_module
@@ -235,9 +235,10 @@ class LocalTrainingOperator(LocalCommand, TrainingParams, BaseOperator):
 class KubernetesTrainingMixin(PodCommand, TrainingParams):
     """Train in a pod of the training image, on a named machine type; see KubernetesTrainingOperator.
 
-    :param dataset, model, root, output_uri, base_checkpoint, training_arguments, num_clones: as for
-        LocalTrainingOperator. ``catalog_file`` is passed to the trainer as ``--catalog``, so it
-        must be readable inside the pod (a path in the image or a URI the trainer reads).
+    :param dataset, model, root, output_uri, base_checkpoint, training_arguments, num_clones, plan:
+        as for LocalTrainingOperator (a plan carries the chosen machine). ``catalog_file`` is passed
+        to the trainer as ``--catalog``, so it must be readable inside the pod (a path in the image
+        or a URI the trainer reads).
     :param image: the training image.
     :param machine_type: a name from the built-in types and the ``cvat_machine_types`` Variable
         (see :mod:`airflow_cvat.machines`); None picks the smallest GPU type with num_clones GPUs.
@@ -266,15 +267,15 @@ class KubernetesTrainingMixin(PodCommand, TrainingParams):
 
     def configure_pod(self, context: Context | None) -> None:
         """Command, scheduling, resources, /dev/shm and the credentials Secret."""
-        text, parsed = self.validate_arguments()
-        machine = self.resolve_machine(parsed.num_clones)
-        command = self.trainer_command(context, text, POD_RESULT_FILE)
+        plan = self.training_plan(kubernetes=True)
+        machine = plan.machine or self.resolve_machine(plan.num_clones)  # a local plan names none
+        command = self.trainer_command(context, plan.arguments, POD_RESULT_FILE)
         self.log.info("Training on machine type %s: %s", machine.name, json.dumps(machine.to_dict()))
         self.set_command(
             self.trainer_module,
             command.args(),
             machine,
-            num_clones=parsed.num_clones,
+            num_clones=plan.num_clones,
             secrets=[self.storage_secret],
         )
 
