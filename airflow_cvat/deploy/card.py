@@ -53,6 +53,8 @@ def card_json(
         "num_replicas": result.get("num_replicas"),
         "labels": labels,
         "metrics": metrics,
+        # the final model on the Test subset (None without one); the gate reads Validation only
+        "test": held_out_summary(metrics),
         "data": data,
         # what training really used (the trainer's prepare.json summary): split and every drop
         "training_data": result.get("prepared"),
@@ -71,6 +73,28 @@ def metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for name, values in sorted((metrics.get("per_class") or {}).items()):
         rows.append((name, *(_number((values or {}).get(k)) for k in ("AP", "AP50", "AP75"))))
     return rows
+
+
+def held_out_summary(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The Test subset's headline numbers and the card's sentence for them, or None without one.
+
+    Why a sentence of its own: Validation AP is what the run was judged on; Test AP, on images
+    never trained on nor chosen with, is the estimate a reader should quote.
+    """
+    test = metrics.get("test")
+    if not test:
+        return None
+    keys = ("AP50", "AP", "AP75", "mask_AP50", "mask_AP", "mask_AP75")
+    shown = [key for key in keys if key in test]
+    line = f"Test subset ({test.get('images')} images, never trained on): " + ", ".join(
+        f"{key} {_number(test[key])}" for key in shown
+    )
+    return {
+        "images": test.get("images"),
+        "step": test.get("step"),
+        **{k: test[k] for k in shown},
+        "line": line,
+    }
 
 
 def training_data_lines(prepared: dict[str, Any] | None) -> list[str]:
@@ -101,6 +125,24 @@ def training_data_lines(prepared: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def held_out_lines(card: dict[str, Any]) -> list[str]:
+    """Markdown for the Test subset: its sentence and per-class table (nothing without a Test split)."""
+    metrics = card.get("metrics") or {}
+    summary = held_out_summary(metrics)
+    if summary is None:
+        return []
+    return [
+        "",
+        "## Metrics (COCO, Test subset)",
+        "",
+        f"{summary['line']}. The quality gate reads the validation AP50 above.",
+        "",
+        "| label | AP | AP50 | AP75 |",
+        "|---|---|---|---|",
+        *(f"| {' | '.join(row)} |" for row in metrics_rows(metrics["test"])),
+    ]
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     lines = [
         f"# {card['name']} {card['version']}",
@@ -119,6 +161,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         "| label | AP | AP50 | AP75 |",
         "|---|---|---|---|",
         *(f"| {' | '.join(row)} |" for row in metrics_rows(card["metrics"])),
+        *held_out_lines(card),
         "",
         "## Labels",
         "",

@@ -239,6 +239,7 @@ def _train_evaluate_export(workspace, spec, args, config, labels, strategy, use_
     else:
         step = train.train(workspace, config, args, strategy, use_gpu)
     metrics = evaluate.is_evaluated(workspace, step) or evaluate.evaluate(workspace, config, labels)
+    metrics = _with_test(workspace, config, labels, step, metrics)
     check = None  # the reload-and-predict check of the export (None when export was already done)
     if not export.is_exported(workspace):
         check = export.export(workspace, config, labels)["check"]
@@ -258,6 +259,25 @@ def _train_evaluate_export(workspace, spec, args, config, labels, strategy, use_
     }
     workspace.write_text(json.dumps(result, indent=2, sort_keys=True), "result.json")
     return result
+
+
+def _with_test(workspace, config, labels: list[dict], step: int, metrics: dict) -> dict:
+    """``metrics`` (Validation) plus ``test``: the model at ``step`` on the Test split, if prepared.
+
+    Validation alone still decides the quality gate; Test is reported beside it. A Test
+    evaluation already recorded at ``step`` is not redone (a retried pod, a finished run).
+    """
+    from airflow_cvat.trainer import evaluate
+
+    images = json.loads(workspace.pull("data", "prepare.json").read_text()).get("test_images", 0)
+    if not images:
+        return metrics
+    test = evaluate.is_test_evaluated(workspace, step)
+    if test is None:
+        if not any(workspace.path("data").glob(evaluate.TEST_FILES)):
+            workspace.pull("data")  # `evaluate` on a fresh pod of a run in object storage
+        test = evaluate.evaluate_test(workspace, config, labels, images)
+    return {**metrics, "test": test}
 
 
 def _run_options(options) -> tuple[ModelSpec, TrainingArguments, dict]:
@@ -289,6 +309,7 @@ def cmd_evaluate(options) -> dict:
 
     spec, workspace, config, labels = _trained_run(options)
     metrics = evaluate.evaluate(workspace, config, labels)
+    metrics = _with_test(workspace, config, labels, metrics["step"], metrics)
     return {"status": "ok", "model": spec.name, "output": workspace.uri, "metrics": metrics}
 
 

@@ -232,3 +232,70 @@ def is_evaluated(workspace: Workspace, step: int) -> dict | None:
         return None
     metrics = json.loads(path.read_text())
     return metrics if metrics.get("step") == step else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The Test subset
+# ---------------------------------------------------------------------------------------------
+
+TEST_FILES = "test-*.tfrecord"
+"""The Test split prepare writes apart (``prepare.SPLITS``); never read by training."""
+
+
+def is_test_evaluated(workspace: Workspace, step: int) -> dict | None:
+    """metrics.json's ``test`` block when it was computed at ``step`` (the rule of ``is_evaluated``)."""
+    path = workspace.pull("metrics.json")
+    if not path.exists():
+        return None
+    test = json.loads(path.read_text()).get("test")
+    return test if test and test.get("step") == step else None
+
+
+def evaluate_test(workspace: Workspace, config, labels: list[dict], images: int) -> dict:
+    """Evaluate the newest checkpoint on the Test split; add it to metrics.json as ``test``.
+
+    Why apart from ``evaluate``: Validation steers the run (the AP curve people read, the quality
+    gate that moves LATEST), so its AP is what was chosen on. Test was neither trained on nor
+    looked at, so its AP is the honest estimate of how the model does on new images. Same task,
+    evaluator and summary as Validation; only the input differs (and with it the ground truth the
+    evaluator builds, hence the fresh scratch folder). ``images``: how many prepare wrote, checked
+    against how many were evaluated. Call after ``evaluate``, which rewrites metrics.json.
+    """
+    test_config = config.replace(
+        task={"validation_data": {"input_path": str(workspace.path("data", TEST_FILES))}}
+    )
+    scratch = tempfile.mkdtemp(prefix="cvat-eval-test-")
+    try:
+        task, model, step = restore_model(test_config, str(workspace.pull("checkpoints")), scratch)
+        task.build_metrics(training=False)
+        dataset = _Counted(task.build_inputs(test_config.task.validation_data))
+        began = time.monotonic()
+        test = _evaluate(task, model, test_config, labels, dataset=dataset)
+        seconds = time.monotonic() - began
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if dataset.images != images:
+        raise RuntimeError(f"the Test split has {images} images but {dataset.images} were evaluated")
+    test.update(step=step, images=images, seconds=round(seconds, 2))
+    metrics = json.loads(workspace.pull("metrics.json").read_text())  # what evaluate wrote
+    metrics["test"] = test
+    workspace.write_text(json.dumps(metrics, indent=2, sort_keys=True), "metrics.json")
+    log.info(
+        "test evaluation at step %d on %d images: AP %s AP50 %s AP75 %s",
+        step,
+        images,
+        *(test.get(k) for k in HEADLINE[:3]),
+    )
+    return test
+
+
+class _Counted:
+    """A dataset that counts the images it yields, so the record says what was really evaluated."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset, self.images = dataset, 0
+
+    def __iter__(self):
+        for inputs in self.dataset:
+            self.images += int(inputs[0].shape[0])
+            yield inputs
