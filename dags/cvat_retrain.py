@@ -92,11 +92,13 @@ TASK_DOCS = {
     "publish": "Evaluates the trained model, exports a SavedModel, the CVAT nuclio function and the "
     "auto-annotation module into `{root}/models/{name}/{version}/`, and moves `LATEST` only when the "
     "model is at least as good as the previous one (within CVAT_QUALITY_MARGIN) and reaches "
-    "CVAT_QUALITY_FLOOR.",
+    "CVAT_QUALITY_FLOOR. Its TensorFlow checks and conversions run where training ran (a subprocess, "
+    "or a CPU pod of the training image).",
     "record_dataset": "Records the dataset as trained on, so the next nightly run skips it when "
     "nothing changed.",
     "pre_annotate": "Optional (the form's Pre-annotate switch): runs the model LATEST names over jobs "
-    "nobody has started and uploads its shapes to CVAT with source auto; skipped when switched off.",
+    "nobody has started and uploads its shapes to CVAT with source auto, where training ran (a subprocess "
+    "or a pod); skipped when switched off.",
     "email_report": "Emails the report: where the model is, its AP, whether it replaced LATEST, "
     "predictions on validation images and the pre-annotation summary.",
 }
