@@ -15,6 +15,7 @@ from airflow_cvat.arguments import ARGUMENTS_PATTERN, MAX_CLONES
 from airflow_cvat.catalog import load_catalog
 from airflow_cvat.machines import BUILTIN_MACHINE_TYPES
 from airflow_cvat.notifications.email import CVATEmailNotifier, ModelReportEmailOperator
+from airflow_cvat.operators.backends import RunBackendOperator
 from airflow_cvat.operators.base_model import BaseModelPullOperator
 from airflow_cvat.operators.config import RetrainConfigOperator
 from airflow_cvat.operators.convert import ConvertModelOperator
@@ -258,6 +259,7 @@ with DAG(
         quality_margin=QUALITY_MARGIN,
         quality_floor=QUALITY_FLOOR,
         storage_conn_id=STORAGE_CONN_ID,
+        execution=cfg("execution"),  # TensorFlow's half runs where training ran: a subprocess or a pod
         trigger_rule="none_failed_min_one_success",
     )
 
@@ -275,17 +277,21 @@ with DAG(
     else:
         [export, pull] >> train_tasks[0]
     # Optional (the pre_annotate param): skipped when off, which email_report's trigger rule allows.
-    pre_annotate = preannotate_operator(
-        "kubernetes" if KUBERNETES else "local",
+    # The backend is the run's `execution` (as for training and publish), chosen when it runs.
+    pre_annotate = RunBackendOperator(
         task_id="pre_annotate",
-        enabled=cfg("pre_annotate"),
-        task_ids=cfg("pre_annotate_task_ids"),
-        project_id=cfg("pre_annotate_project_id"),
-        model_uri="{{ ti.xcom_pull(task_ids='publish') }}",
-        threshold=cfg("pre_annotate_threshold"),
-        cvat_conn_id=CVAT_CONN_ID,
-        storage_conn_id=STORAGE_CONN_ID,
-        machine_type=cfg("machine_type"),
+        execution=cfg("execution"),
+        factory=preannotate_operator,
+        arguments={
+            "enabled": cfg("pre_annotate"),
+            "task_ids": cfg("pre_annotate_task_ids"),
+            "project_id": cfg("pre_annotate_project_id"),
+            "model_uri": "{{ ti.xcom_pull(task_ids='publish') }}",
+            "threshold": cfg("pre_annotate_threshold"),
+            "cvat_conn_id": CVAT_CONN_ID,
+            "storage_conn_id": STORAGE_CONN_ID,
+            "machine_type": cfg("machine_type"),
+        },
     )
     report = ModelReportEmailOperator(
         task_id="email_report",
