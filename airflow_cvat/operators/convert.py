@@ -26,7 +26,9 @@ people's tasks, even as the first of its name. Such a model is still published a
 (to be inspected), but LATEST stays and pre-annotation skips. A model that fails to load or
 predict (checked in a subprocess, see ``airflow_cvat.trainer.convert``) is not published at
 all and never moves LATEST. The outcome (moved or not, why, old and new AP50, the version
-LATEST names afterwards) is returned as the XCom, for the email and pre-annotation.
+LATEST names afterwards) is returned as the XCom, for the email and pre-annotation. The rule
+itself lives in :mod:`airflow_cvat.operators.quality_gate`, the report's plot in
+:mod:`airflow_cvat.operators.history_plot`.
 
 TensorFlow never loads in this process: the check, TFLite conversion, preview images and the
 TensorBoard history run in ``python -m airflow_cvat.trainer.convert all``, on the backend the
@@ -51,7 +53,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +63,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_cvat.operators.pod import PodCommand, lazy_pod_operator, pod_kwargs
 from airflow_cvat.operators.process import LogLine, run_streamed, subprocess_environment
+from airflow_cvat.operators.quality_gate import GateDecision, decide
 from airflow_cvat.operators.training import DEFAULT_IMAGE, DEFAULT_STORAGE_SECRET, POD_RESULT_FILE
 
 if TYPE_CHECKING:
@@ -151,64 +154,6 @@ def upload_tree(source: Path, target: ObjectStoragePath, skip: Iterable[str] = (
         fs.put_file(str(local), remote)
         written.append(relative)
     return written
-
-
-# ---- the quality gate -------------------------------------------------------------------------
-
-
-@dataclass
-class GateDecision:
-    """Whether LATEST moves, and why (the email quotes ``reason``)."""
-
-    moved: bool
-    reason: str
-    new_ap50: float | None
-    old_ap50: float | None
-    old_version: str | None
-    margin: float
-    floor: float = 0.0
-    below_floor: bool = False
-
-
-def decide(
-    new_ap50: float | None,
-    latest: dict[str, Any] | None,
-    margin: float,
-    broken: str | None = None,
-    floor: float = 0.0,
-) -> GateDecision:
-    """The gate: see the module docstring. Pure, so the rule is tested without any storage."""
-    old_ap50 = None if latest is None else latest.get("AP50")
-    old_version = None if latest is None else latest.get("version")
-
-    def result(moved: bool, reason: str, below_floor: bool = False) -> GateDecision:
-        return GateDecision(moved, reason, new_ap50, old_ap50, old_version, margin, floor, below_floor)
-
-    if broken:
-        return result(False, f"the model is broken and was not published: {broken}")
-    if new_ap50 is None:
-        return result(False, "the run's metrics.json has no AP50; LATEST stays")
-    if new_ap50 + 1e-9 < floor:
-        stays = f"LATEST stays at {old_version}" if old_version else "there is no LATEST yet"
-        return result(
-            False,
-            f"AP50 {new_ap50:.4f} is below the quality floor {floor}: published as a version to inspect, "
-            f"but it does not become LATEST and does not pre-annotate ({stays}). Label more images, "
-            "train longer or start from pretrained weights; the floor is the DAG's CVAT_QUALITY_FLOOR",
-            below_floor=True,
-        )
-    if latest is None:
-        return result(True, "first published model of this name")
-    if old_ap50 is None:
-        return result(True, f"LATEST ({old_version}) records no AP50")
-    if new_ap50 + 1e-9 >= old_ap50 - margin:
-        relation = "not worse than" if new_ap50 >= old_ap50 else "within the margin of"
-        return result(True, f"AP50 {new_ap50:.4f} is {relation} LATEST's {old_ap50:.4f} (margin {margin})")
-    return result(
-        False,
-        f"AP50 {new_ap50:.4f} is worse than LATEST's {old_ap50:.4f} ({old_version}) by more than "
-        f"the margin {margin}; LATEST stays",
-    )
 
 
 # ---- the operator -----------------------------------------------------------------------------
@@ -483,6 +428,8 @@ class PublishModelOperator(BaseOperator):
         if history_file.exists():
             shutil.copy2(history_file, report / "history.json")
             try:
+                from airflow_cvat.operators.history_plot import plot_history
+
                 plot_history(json.loads(history_file.read_text()), report / "training.png")
             except Exception:  # noqa: BLE001 - a missing plot must not stop publishing
                 self.log.exception("could not draw the training plot")
@@ -722,37 +669,3 @@ def run_json_command(command: list[str], timeout: float, log_line: LogLine) -> d
         f"{' '.join(command[:4])} exited with {finished.code} and no JSON result; last output: "
         + " | ".join(finished.tail[-5:])
     )
-
-
-def plot_history(history: dict[str, dict[str, list[list[float]]]], output: Path) -> Path:
-    """Loss (training) and AP (evaluation) against step, side by side, as a PNG (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    from matplotlib import pyplot as plt
-
-    train = history.get("train", {})
-    evaluation = history.get("eval", {})
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
-    for tag in sorted(train):
-        if tag.endswith("loss") and train[tag]:
-            steps, values = zip(*train[tag], strict=True)
-            left.plot(steps, values, label=tag, linewidth=1.5 if tag == "total_loss" else 0.8)
-    left.set(title="training loss", xlabel="step")
-    left.set_yscale("log")
-    for tag in ("coco/AP", "coco/AP50", "coco/AP75"):
-        if evaluation.get(tag):
-            steps, values = zip(*evaluation[tag], strict=True)
-            right.plot(steps, values, marker="o", label=tag.split("/")[-1])
-    right.set(title="validation AP", xlabel="step", ylim=(0, 1))
-    if any(left.get_lines()):
-        right.set_xlim(left.get_xlim())  # one evaluation point otherwise gets a meaningless axis
-    for axis in (left, right):
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=7)
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, format="png")
-    plt.close(figure)
-    return output
