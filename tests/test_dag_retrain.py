@@ -20,6 +20,9 @@ MODEL = "ssd-mobilenet-v2-coco"
 ARGUMENTS = "epochs=40;batch_size=2;input_size=128"
 
 
+pytestmark = pytest.mark.slow  # trains for real: after the light tests
+
+
 @pytest.fixture(scope="module")
 def base_weights(tmp_path_factory) -> Path:
     """An offline base checkpoint (random init), as the README's demo makes one."""

@@ -45,6 +45,9 @@ COCO = "retinanet-resnet50fpn-coco"
 KERAS = "frcnn-inc-resv2-atr-coco"
 
 
+pytestmark = pytest.mark.slow  # builds models and starts TensorFlow: after the light tests
+
+
 def _published_path(www: Path, model: str) -> Path:
     """Where ``model``'s published file lies in the served tree (its storage.googleapis.com path)."""
     uri = public_uri(get_model(model).pretrained.uri)

@@ -55,6 +55,9 @@ expect.set_options(timeout=30_000)
 # ---------------------------------------------------------------------------------------------
 
 
+pytestmark = pytest.mark.slow  # starts Airflow's servers and a browser: after the light tests
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Debian's Chromium, headless, with nothing that reaches the internet."""
