@@ -19,6 +19,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from tests.fixtures.airflow import connection_env
 
 DAG_FILE = Path(__file__).resolve().parents[1] / "dags" / "cvat_retrain.py"
@@ -121,6 +123,9 @@ RUNNER = textwrap.dedent(
     }, default=str))
     '''
 )
+
+
+pytestmark = pytest.mark.slow  # runs the whole DAG: after the light tests
 
 
 def no_tensorflow_path(folder: Path) -> str:
@@ -229,3 +234,39 @@ def test_kubernetes_run_renders_every_pod_and_the_worker_never_imports_tensorflo
     assert pre_args[pre_args.index("--model-uri") + 1] == outcome["uri"]
     assert result["xcom"]["pre_annotate"]["task_ids"] == [unstarted]
     assert "team@example.com" in smtp_server.wait(1)[-1]["To"]
+
+
+def test_the_backend_is_chosen_when_the_task_runs():
+    """RunBackendOperator builds the operator of the rendered ``execution`` at execute time; the
+    other backend's arguments are dropped; an unknown backend fails without a retry."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_cvat.operators.backends import RunBackendOperator
+    from airflow_cvat.operators.preannotate import preannotate_operator
+
+    built = []
+
+    def recording(execution, **kwargs):
+        operator = preannotate_operator(execution, **kwargs)
+        operator.execute = lambda context: type(operator).__name__  # no CVAT, no cluster here
+        built.append(operator)
+        return operator
+
+    arguments = {"task_ids": "3", "model_uri": "s3://bucket/cvat/models/m", "storage_conn_id": "aws_default",
+                 "machine_type": "cpu"}  # fmt: skip
+    for execution, name in (
+        ("kubernetes", "KubernetesPreAnnotateOperator"),
+        ("local", "PreAnnotateOperator"),
+    ):
+        chooser = RunBackendOperator(task_id="pre_annotate", execution=execution, factory=recording,
+                                     arguments=arguments)  # fmt: skip
+        assert chooser.execute({}) == name
+    pod, local = built
+    assert pod.task_id == local.task_id == "pre_annotate"
+    assert not hasattr(pod, "storage_conn_id") and local.storage_conn_id == "aws_default"
+    assert pod.machine_type == "cpu" and not hasattr(local, "machine_type")
+    wrong = RunBackendOperator(
+        task_id="pre_annotate", execution="docker", factory=recording, arguments=arguments
+    )
+    with pytest.raises(AirflowFailException, match="'local' or 'kubernetes'"):
+        wrong.execute({})
