@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import posixpath
-import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree
 
 COCO = "COCO 1.0"
 CVAT_IMAGES = "CVAT for images 1.1"
@@ -179,6 +181,8 @@ def _coco_shape(ann: dict[str, Any], label: str) -> Shape:
 
 
 def _read_cvat_images(zf: zipfile.ZipFile) -> tuple[list[str], list[ArchiveImage]]:
+    import xml.etree.ElementTree as ET  # here: the DAG imports this module at parse time
+
     labels: list[str] = []
     images: list[ArchiveImage] = []
     index = _ImageIndex(zf.namelist())
@@ -206,7 +210,7 @@ def _read_cvat_images(zf: zipfile.ZipFile) -> tuple[list[str], list[ArchiveImage
     return labels, images
 
 
-def _cvat_shape(elem: ET.Element) -> Shape:
+def _cvat_shape(elem: xml.etree.ElementTree.Element) -> Shape:
     label = elem.get("label", "")
     rotation = float(elem.get("rotation", 0.0) or 0.0)
     if elem.tag == "box":
