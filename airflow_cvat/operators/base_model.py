@@ -44,7 +44,6 @@ import json
 import os
 import posixpath
 import re
-import tarfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -478,6 +477,8 @@ class BaseModelPullOperator(BaseOperator):
         self, uri: str, dest: ObjectStoragePath, sha256: str | None, md5: str | None
     ) -> tuple[dict[str, dict[str, Any]], CopyResult]:
         """Extract while downloading; the archive's own size and hashes are checked at the end."""
+        import tarfile  # here, not at the top: the DAG imports this module on every parse
+
         files: dict[str, dict[str, Any]] = {}
         with self._open(uri) as (chunks, size):
             reader = ChunkReader(chunks)
