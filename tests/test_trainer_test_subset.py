@@ -44,8 +44,8 @@ print(json.dumps({"codes": codes, "records": names}))
 """
 
 
-def _subset_export(folder: Path) -> tuple[Path, dict[str, list[str]]]:
-    """A project export with the three subsets; returns the dataset folder and each subset's names."""
+def _subset_export(folder: Path) -> tuple[Path, dict[str, list[str]], set[str]]:
+    """A project export with the three subsets: the dataset folder, each subset's names, Test's labels."""
     frames, names, start = [], {}, 0
     for subset, count in SUBSETS.items():
         chosen = list(generate_frames(count, width=64, height=64, start=start, max_objects=2))
@@ -76,13 +76,14 @@ def _subset_export(folder: Path) -> tuple[Path, dict[str, list[str]]]:
         fingerprint=fingerprint({"zip": hashlib.sha256(data).hexdigest()}),
     )
     (folder / MANIFEST_NAME).write_text(manifest.to_json())
-    return folder, names
+    test_labels = {shape.label for frame in frames if frame.subset == "Test" for shape in frame.shapes}
+    return folder, names, test_labels
 
 
 @pytest.mark.timeout(600)
 def test_test_subset_is_kept_out_of_training_and_evaluated_apart(tmp_path):
     pytest.importorskip("official")  # the training extra; checked without importing TensorFlow here
-    dataset, names = _subset_export(tmp_path / "ds")
+    dataset, names, test_labels = _subset_export(tmp_path / "ds")
     output = tmp_path / "run"
     # Export is tested elsewhere (test_trainer_cli.py); its completion markers, laid down first,
     # make the run skip it, so this test pays only for training and the two evaluations.
@@ -118,6 +119,9 @@ def test_test_subset_is_kept_out_of_training_and_evaluated_apart(tmp_path):
         label["name"] for label in json.loads((output / "data" / "prepare.json").read_text())["labels"]
     ]
     assert sorted(test["per_class"]) == sorted(classes) and "mask_AP" not in test  # RetinaNet: no masks
+    # the ground truth is Test's: exactly its classes have an AP (COCO has none without instances)
+    assert {name for name, ap in test["per_class"].items() if ap["AP50"] is not None} == test_labels
+    assert test_labels != set(classes)  # so the line above tells Test's ground truth from another's
     assert first["metrics"]["test"] == test  # the result carries it, beside Validation's own numbers
     assert first["metrics"]["AP50"] == metrics["AP50"]
     print("Test subset AP50", test["AP50"], "AP", test["AP"], "validation AP50", metrics["AP50"])
