@@ -44,7 +44,8 @@ def with_history_and_source(run: Path, tmp: Path) -> Path:
     """Give a fake run the trainer's AP history and prepare's report; return a dataset manifest
     naming CVAT tasks."""
     metrics = json.loads((run / "metrics.json").read_text())
-    (run / "metrics.json").write_text(json.dumps({**metrics, "history": HISTORY}))
+    test = {"images": 2, "step": 100, "AP": 0.35, "AP50": 0.6, "AP75": 0.3, "per_class": {}}
+    (run / "metrics.json").write_text(json.dumps({**metrics, "history": HISTORY, "test": test}))
     result = json.loads((run / "result.json").read_text())
     (run / "result.json").write_text(json.dumps({**result, "prepared": PREPARED}))
     manifest = tmp / "manifest.json"
@@ -347,3 +348,5 @@ def test_report_says_which_split_trained_and_what_was_dropped(published):
     assert "dropped shapes: degenerate_box 1, unsupported_tag 2; clipped to the image: 1" in items
     assert "labels left out of the model: weather (tag label)" in items
     assert "- dropped images: image_not_in_zip 6" in message.get_body(("plain",)).get_content()
+    test_line = "Test subset (2 images, never trained on): AP50 0.600, AP 0.350, AP75 0.300"
+    assert test_line in html_of(message) and test_line in message.get_body(("plain",)).get_content()

@@ -312,6 +312,7 @@ def build_report(
     history, card = _published_facts(outcome)
     links = _links(outcome, dag_id, run_id, cvat_links((card.get("data") or {}).get("source"), cvat_url))
     data_items = training_data_items(card)
+    test_line = (card.get("test") or {}).get("line")
     rows = metrics_rows(outcome.get("metrics") or {})
     images = _images(outcome)
     pre_text, pre_html = pre_annotation_lines(pre_annotation)
@@ -328,6 +329,7 @@ def build_report(
         "",
         "label\tAP\tAP50\tAP75",
         *("\t".join(row) for row in rows),
+        *([test_line] if test_line else []),
         "",
         f"TFLite: {(outcome.get('tflite') or {}).get('status', 'n/a')}",
         *(["", *pre_text] if pre_text else []),
@@ -335,7 +337,7 @@ def build_report(
     message = EmailMessage()
     message["Subject"] = subject
     message.set_content("\n".join(text))
-    body = _report_html(outcome, sentence, links, curve, rows, images, pre_html, data_items)
+    body = _report_html(outcome, sentence, links, curve, rows, images, pre_html, data_items, test_line)
     message.add_alternative(body, subtype="html")
     html_part = message.get_payload()[1]
     for name, data in images:
@@ -358,7 +360,9 @@ def _links(
     return links
 
 
-def _report_html(outcome, sentence, links, curve, rows, images, pre_html, data_items=()) -> str:
+def _report_html(
+    outcome, sentence, links, curve, rows, images, pre_html, data_items=(), test_line=None
+) -> str:
     gate = outcome.get("latest") or {}
     grouped: dict[str, list[str]] = {}  # "CVAT: task 12, task 13" on one line
     for label, href, text in links:
@@ -390,6 +394,7 @@ def _report_html(outcome, sentence, links, curve, rows, images, pre_html, data_i
 <h3>Validation AP per class</h3>
 <table border="1" cellspacing="0" id="metrics">
 <tr><th>label</th><th>AP</th><th>AP50</th><th>AP75</th></tr>{table}</table>
+{f'<p id="test-subset"><b>{html.escape(test_line)}</b></p>' if test_line else ""}
 <p>TFLite: {_fmt((outcome.get("tflite") or {}).get("status", "n/a"))}</p>
 {pre_html}
 {preview_html}
