@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from airflow_cvat import coercion
 from airflow_cvat.training_plan import PlanError, TrainingPlan, plan_training
 
 EXECUTIONS = ("local", "kubernetes")
@@ -210,8 +211,7 @@ def _problems_message(problems: list[str]) -> str:
     return f"cannot start this run, {len(problems)} problems (fix them all, then trigger again):\n{listed}"
 
 
-def _empty(value: Any) -> bool:
-    return value is None or value == [] or (isinstance(value, str) and not value.strip())
+_empty = coercion.is_empty
 
 
 def _check_pre_annotation(config: RetrainConfig) -> list[str]:
@@ -283,42 +283,12 @@ def _check_training(config: RetrainConfig, machine_types: str | dict | None) -> 
 
 
 def parse_ids(value: Any, name: str = "task_ids") -> list[int]:
-    """CVAT ids however they come: "12, 13" or one per line (the form), [12, 13] or ["12"]
-    (REST, the webhook bridge, older confs), or a single 12."""
-    if _empty(value):
-        return []
-    if isinstance(value, str):
-        items: list[Any] = [v for v in re.split(r"[\s,]+", value.strip().strip("[]")) if v]
-    elif isinstance(value, list | tuple):
-        items = list(value)
-    else:
-        items = [value]
-    ids = [_id(item) for item in items]
-    if None in ids:
-        raise ConfigError(
-            f"{name} must be CVAT ids (whole numbers from 1), e.g. 12, 13 (commas, spaces or one per "
-            f"line); got {value!r}"
-        )
-    return ids  # type: ignore[return-value]
-
-
-def _id(item: Any) -> int | None:
-    if isinstance(item, bool):
-        return None
-    if isinstance(item, int):
-        return item if item > 0 else None
-    if isinstance(item, str) and item.strip().isdigit() and int(item) > 0:
-        return int(item)
-    return None
+    """CVAT ids however they come (see :func:`airflow_cvat.coercion.parse_ids`); ConfigError if not."""
+    return coercion.parse_ids(value, name, ConfigError)
 
 
 def _optional_int(value: Any, name: str) -> int | None:
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+    return coercion.optional_int(value, name, ConfigError)
 
 
 def _emails(value: Any) -> list[str]:
@@ -333,10 +303,4 @@ def _emails(value: Any) -> list[str]:
 
 
 def _bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "1", "yes"):
-        return True
-    if str(value).lower() in ("false", "0", "no"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return coercion.parse_bool(value, name, ConfigError)

@@ -36,6 +36,10 @@ SHARED_CONTRACTS = [  # owned once, read by both worlds: the standard library on
     "airflow_cvat.envelope",
     "airflow_cvat.preannotation_request",
     "airflow_cvat.cvat_policy",
+    "airflow_cvat.layout",
+    "airflow_cvat.coercion",
+    "airflow_cvat.training_plan",
+    "airflow_cvat.retrain_config",
 ]
 
 

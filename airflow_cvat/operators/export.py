@@ -29,6 +29,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
+from airflow_cvat.coercion import parse_ids
 from airflow_cvat.export_archive import (
     CVAT_IMAGES,
     ArchiveError,
@@ -103,23 +104,6 @@ class ExportPlan:
         data["jobs"] = [SelectedJob(**job) for job in data["jobs"]]
         data["units"] = [ExportUnit(**unit) for unit in data["units"]]
         return cls(**data)
-
-
-def parse_ids(value: Any, name: str) -> list[int]:
-    """Ids as users give them: 3, [3, 4], "3,4" or "[3, 4]" (a rendered template)."""
-    if value is None or value == "" or value == []:
-        return []
-    if isinstance(value, str):
-        text = value.strip().strip("[]")
-        items: Iterable[Any] = [v for v in text.replace(" ", "").split(",") if v]
-    elif isinstance(value, int):
-        items = [value]
-    else:
-        items = value
-    try:
-        return [int(v) for v in items]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be CVAT ids (integers), e.g. [12, 13]; got {value!r}") from None
 
 
 def _strip_volatile(value: Any) -> Any:
