@@ -86,7 +86,7 @@ def parse_verify_ssl(value: Any) -> bool:
     """A verify_ssl setting from a connection extra or an environment variable; true unless said otherwise."""
     if isinstance(value, str):
         return value.strip().lower() not in FALSE_WORDS
-    return True if value is None else bool(value)
+    return bool(value)
 
 
 @dataclass(frozen=True)

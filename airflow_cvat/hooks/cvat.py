@@ -19,13 +19,20 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
 
+from airflow_cvat.cvat_policy import (
+    IDEMPOTENT_METHODS,
+    RETRY_STATUSES,  # noqa: F401 - the triggers read the policy's statuses from here too
+    Credentials,
+    parse_verify_ssl,
+    retry_settings,
+)
+from airflow_cvat.cvat_policy import error_detail as _cvat_detail
+
 if TYPE_CHECKING:
     from cvat_sdk import Client
 
 #: First CVAT release with the asynchronous export flow (POST .../dataset/export + /api/requests).
 MIN_SERVER_VERSION = (2, 16)
-#: Statuses worth retrying: the server is overloaded or restarting, not refusing us.
-RETRY_STATUSES = (429, 500, 502, 503, 504)
 DOWNLOAD_CHUNK = 1 << 20
 #: First wait between status polls of an export. Small exports finish in well under a second, so
 #: polling at the configured period from the start wastes most of it.
@@ -65,20 +72,6 @@ def _hint(status: int, resource: str) -> str:
     if status == 429 or status >= 500:
         return "the server kept failing after retries: check CVAT's health and logs, then retry the task"
     return "check the request's arguments"
-
-
-def _cvat_detail(body: bytes | str | None) -> str:
-    """CVAT answers errors as JSON ({"detail": ...} or field errors); fall back to the raw text."""
-    if not body:
-        return "(empty answer)"
-    text = body.decode(errors="replace") if isinstance(body, bytes) else body
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text.strip()[:500]
-    if isinstance(data, dict) and "detail" in data:
-        return str(data["detail"])
-    return json.dumps(data)[:500]
 
 
 def server_url_of(host: str | None, conn_id: str) -> str:
@@ -182,10 +175,7 @@ class CVATHook(BaseHook):
 
     @property
     def verify_ssl(self) -> bool:
-        verify = self._connection.extra_dejson.get("verify_ssl", True)
-        if isinstance(verify, str):
-            verify = verify.lower() not in ("false", "0", "no")
-        return bool(verify)
+        return parse_verify_ssl(self._connection.extra_dejson.get("verify_ssl", True))
 
     def credentials_environment(self) -> dict[str, str]:
         """The connection as the ``CVAT_*`` variables that commands outside Airflow read.
@@ -203,14 +193,14 @@ class CVATHook(BaseHook):
                 "(or, with a user in Login, the password) in the connection's Password field"
             )
         mask_secret(conn.password)
-        if conn.login:
-            env = {"CVAT_USERNAME": conn.login, "CVAT_PASSWORD": conn.password}
-        else:
-            env = {"CVAT_ACCESS_TOKEN": conn.password}
-        if self.organization:
-            env["CVAT_ORGANIZATION"] = self.organization
-        env["CVAT_VERIFY_SSL"] = "true" if self.verify_ssl else "false"
-        return env
+        credentials = Credentials(
+            token=None if conn.login else conn.password,
+            username=conn.login or None,
+            password=conn.password if conn.login else None,
+            organization=self.organization,
+            verify_ssl=self.verify_ssl,
+        )
+        return credentials.to_env()
 
     def get_conn(self) -> Client:
         """An authenticated cvat-sdk client; the server version is checked once per hook."""
@@ -247,18 +237,9 @@ class CVATHook(BaseHook):
     def _retry_policy(self):
         from urllib3.util import Retry
 
-        return Retry(
-            total=self.retries,
-            connect=self.retries,
-            read=self.retries,
-            status=self.retries,
-            backoff_factor=self.retry_backoff,
-            status_forcelist=RETRY_STATUSES,
-            # POST is safe to retry here: CVAT deduplicates export requests by rq_id.
-            allowed_methods=frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST"}),
-            respect_retry_after_header=True,
-            raise_on_status=False,
-        )
+        # POST is safe to retry here: CVAT deduplicates export requests by rq_id.
+        methods = IDEMPOTENT_METHODS | {"PUT", "POST"}
+        return Retry(**retry_settings(self.retries, self.retry_backoff, methods=methods))
 
     def _check_version(self, client: Client) -> None:
         with self._errors("server version (/api/server/about)"):
