@@ -313,7 +313,7 @@ def test_local_run_streams_output_and_returns_the_json(tmp_path, fake_trainer, s
 
 def test_local_trainer_error_fails_with_its_message(tmp_path, fake_trainer, monkeypatch) -> None:
     monkeypatch.setenv("FAKE_TRAINER_MODE", "error")
-    with pytest.raises(AirflowException) as info:
+    with pytest.raises(AirflowFailException) as info:  # bad input (exit 2): no retry can help
         local(tmp_path).execute({"run_id": RUN_ID})
     assert str(info.value) == "training failed: dataset has no label 'car' in its manifest"
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_cvat.envelope import EXIT_BAD_INPUT
 from airflow_cvat.layout import run_uri, safe_run_id  # noqa: F401 (callers import it from here)
 from airflow_cvat.machines import MACHINE_TYPES_VARIABLE
 from airflow_cvat.operators.backends import backend_operator, keyword_parameters
@@ -222,7 +223,11 @@ class LocalTrainingOperator(LocalCommand, TrainingParams, BaseOperator):
             prefix="cvat-train-",
             message="Running the trainer: %s",
         )
-        result = checked_result(finished, result, command="the trainer", work="training")
+        # Exit 2 is the trainer refusing its input (too few images, too much dropped, a base
+        # checkpoint for another model): a retry would be refused the same way.
+        result = checked_result(
+            finished, result, command="the trainer", work="training", bad_input_codes=[EXIT_BAD_INPUT]
+        )
         prepared = result.get("prepared") or {}
         if prepared.get("line"):  # the split and every drop, once, where people read the task log
             self.log.info("Training data: %s", prepared["line"])
