@@ -288,31 +288,29 @@ def _int(values: dict[str, str], key: str, default: int, *, minimum: int, maximu
     return value
 
 
-def _float(values: dict[str, str], key: str, default: float) -> float:
+def _number(values: dict[str, str], key: str, default: float, example: str, fits, range_text: str) -> float:
+    """A decimal argument: the default when absent, else a number that ``fits``, or an error saying
+    what to write."""
     if key not in values:
         return default
     raw = values[key]
     try:
         value = float(raw)
     except ValueError:
-        raise ArgumentError(f"{key}={raw!r} is not a number; write e.g. {key}=0.004") from None
-    if not math.isfinite(value) or value <= 0 or value >= 10:
-        raise ArgumentError(f"{key}={raw} is out of range; it must be above 0 and below 10")
+        raise ArgumentError(f"{key}={raw!r} is not a number; write e.g. {key}={example}") from None
+    if not math.isfinite(value) or not fits(value):
+        raise ArgumentError(f"{key}={raw} is out of range; it must be {range_text}")
     return value
+
+
+def _float(values: dict[str, str], key: str, default: float) -> float:
+    """A learning rate: above 0 and below 10."""
+    return _number(values, key, default, "0.004", lambda v: 0 < v < 10, "above 0 and below 10")
 
 
 def _share(values: dict[str, str], key: str, default: float) -> float:
     """A fraction from 0 to 1 inclusive."""
-    if key not in values:
-        return default
-    raw = values[key]
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ArgumentError(f"{key}={raw!r} is not a number; write e.g. {key}=0.05") from None
-    if not 0.0 <= value <= 1.0:
-        raise ArgumentError(f"{key}={raw} is out of range; it must be from 0 to 1 (a share, 0.05 is 5%)")
-    return value
+    return _number(values, key, default, "0.05", lambda v: 0 <= v <= 1, "from 0 to 1 (a share, 0.05 is 5%)")
 
 
 def _flag(values: dict[str, str], key: str, default: bool) -> bool:

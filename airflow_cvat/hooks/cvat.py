@@ -125,6 +125,14 @@ def export_result(
     return result_url
 
 
+def export_timeout_message(server: str, what: str, timeout: float, status: object, progress: object) -> str:
+    """Why an export was given up on, and what to do: the hook's polling and the trigger's say it alike."""
+    return (
+        f"CVAT at {server} did not finish {what} within {timeout:.0f} s (last status {status!r}, "
+        f"progress {progress}). Raise export_timeout, or check that CVAT's export workers are running"
+    )
+
+
 def _parse_version(text: str) -> tuple[int, int]:
     parts = text.split("+")[0].split(".")
     try:
@@ -440,9 +448,7 @@ class CVATHook(BaseHook):
                     del pending[rq_id]
                 elif time.monotonic() >= deadline:
                     raise CVATExportTimeout(
-                        f"CVAT at {self.server_url} did not finish {what} within {timeout:.0f} s (last "
-                        f"status {status!r}, progress {request.progress}). Raise export_timeout, or check "
-                        "that CVAT's export workers are running"
+                        export_timeout_message(self.server_url, what, timeout, status, request.progress)
                     )
             if not pending:
                 return results

@@ -29,6 +29,7 @@ from airflow_cvat.hooks.cvat import (
     _hint,
     auth_headers,
     export_result,
+    export_timeout_message,
     server_url_of,
 )
 
@@ -115,9 +116,9 @@ class CVATRequestTrigger(BaseTrigger):
                         del pending[rq_id]
                     elif time.monotonic() >= deadline:
                         raise CVATError(
-                            f"CVAT at {server} did not finish {what} within {self.timeout:.0f} s (last "
-                            f"status {request.get('status')!r}, progress {request.get('progress')}). Raise "
-                            "export_timeout, or check that CVAT's export workers are running"
+                            export_timeout_message(
+                                server, what, self.timeout, request.get("status"), request.get("progress")
+                            )
                         )
                 if not pending:
                     return results
