@@ -607,9 +607,14 @@ def test_retrain_dag_wires_pre_annotate_after_publish() -> None:
     assert not bag.import_errors, bag.import_errors
     dag = bag.dags["cvat_retrain"]
     step = dag.get_task("pre_annotate")
-    assert type(step).__name__ == "PreAnnotateOperator"
+    # The run's own backend, chosen when the task runs: a PreAnnotateOperator (local) or its pod.
+    from airflow_cvat.operators.preannotate import preannotate_operator
+
+    assert type(step).__name__ == "RunBackendOperator" and step.factory is preannotate_operator
+    assert "execution" in str(step.execution)
     assert step.upstream_task_ids == {"publish"} and step.trigger_rule == "all_success"
-    assert "publish" in str(step.model_uri) and "pre_annotate" in str(step.enabled)
+    arguments = step.arguments
+    assert "publish" in str(arguments["model_uri"]) and "pre_annotate" in str(arguments["enabled"])
     report = dag.get_task("email_report")
     assert report.upstream_task_ids == {"publish", "pre_annotate"}
     assert report.trigger_rule == "none_failed_min_one_success"
