@@ -50,7 +50,8 @@ def decide(
             False,
             f"AP50 {new_ap50:.4f} is below the quality floor {floor}: published as a version to inspect, "
             f"but it does not become LATEST and does not pre-annotate ({stays}). Label more images, "
-            "train longer or start from pretrained weights; the floor is the DAG's CVAT_QUALITY_FLOOR",
+            "train longer or start from pretrained weights (the floor is the operator's quality_floor; "
+            "in the ready DAG, CVAT_QUALITY_FLOOR)",
             below_floor=True,
         )
     if latest is None:
