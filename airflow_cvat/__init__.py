@@ -38,7 +38,7 @@ def get_provider_info() -> dict:
         "plugins": [
             {
                 "name": "cvat_webhook: POST /cvat/webhook",
-                "plugin-class": "airflow_cvat.plugins.webhook.CVATWebhookPlugin",
+                "plugin-class": "airflow_cvat.webhook.bridge.CVATWebhookPlugin",
             }
         ],
         "notifications": ["airflow_cvat.notifications.email.CVATEmailNotifier"],

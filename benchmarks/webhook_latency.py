@@ -83,8 +83,8 @@ def main() -> None:
     from airflow.api_fastapi.app import create_app
     from airflow.utils.db import initdb
 
-    from airflow_cvat.plugins.webhook import CVATWebhookPlugin
-    from airflow_cvat.webhook_rules import sign
+    from airflow_cvat.webhook.bridge import CVATWebhookPlugin
+    from airflow_cvat.webhook.rules import sign
     from tests.fixtures.servers import free_port
     from tests.fixtures.webhooks import dag_runs, serialize_dags, serve
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from airflow_cvat.webhook_rules import sign
+from airflow_cvat.webhook.rules import sign
 from tests.fixtures.webhooks import (
     FIXTURE_SECRET,
     ApiServer,

@@ -15,7 +15,7 @@ def test_airflow_discovers_the_bridge(tmp_path: Path) -> None:
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "cvat_webhook_plugin.py").write_text(
-        "from airflow_cvat.plugins.webhook import CVATWebhookPlugin\n"
+        "from airflow_cvat.webhook.bridge import CVATWebhookPlugin\n"
     )
     env = {**os.environ, "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins)}
     done = subprocess.run(
@@ -38,7 +38,7 @@ def test_airflow_discovers_the_bridge(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, airflow_cvat.plugins.webhook as m; "
+            "import sys, airflow_cvat.webhook.bridge as m; "
             "print(sorted(n for n in ('tensorflow', 'cvat_sdk') if n in sys.modules))",
         ],
         capture_output=True,
@@ -51,7 +51,7 @@ def test_airflow_discovers_the_bridge(tmp_path: Path) -> None:
 def test_url_prefix_is_not_reserved() -> None:
     from airflow.api_fastapi.app import RESERVED_URL_PREFIXES
 
-    from airflow_cvat.plugins.webhook import CVATWebhookPlugin
+    from airflow_cvat.webhook.bridge import CVATWebhookPlugin
 
     (app,) = CVATWebhookPlugin.fastapi_apps
     assert app["url_prefix"] == "/cvat"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from airflow_cvat.webhook_rules import (
+from airflow_cvat.webhook.rules import (
     BridgeConfig,
     ConfigError,
     WebhookError,

@@ -15,7 +15,7 @@ import airflow.settings  # noqa: F401  (configure Airflow's logging outside any 
 import pytest
 import requests
 
-from airflow_cvat.setup_webhook import main
+from airflow_cvat.webhook.register import main
 from tests.cvat_double import CVATDouble
 from tests.fixtures.webhooks import dag_runs
 
@@ -99,7 +99,7 @@ def test_errors_are_one_line_without_the_secret(cvat: CVATDouble, capsys, monkey
 
 def test_runs_as_a_module(cvat: CVATDouble) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "airflow_cvat.setup_webhook", "--project-id", "1", "--url", URL],
+        [sys.executable, "-m", "airflow_cvat.webhook.register", "--project-id", "1", "--url", URL],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,6 +1,6 @@
 """What the CVAT webhook bridge decides, without any I/O: signatures, event rules, routing, run ids.
 
-Kept apart from the FastAPI plugin (``airflow_cvat.plugins.webhook``) so every decision can be
+Kept apart from the FastAPI bridge (``airflow_cvat.webhook.bridge``) so every decision can be
 unit-tested on plain dicts, and so the pieces that must be right for security (the signature
 check) and for correctness under redelivery and concurrency (the run id) are small and visible.
 

@@ -3,7 +3,7 @@
 CVAT can only POST its own signed JSON; Airflow's REST API wants a JWT and
 ``{"logical_date": null, "conf": {...}}``. This app sits between: ``POST /cvat/webhook`` checks
 the HMAC signature (the only authentication: plugin apps get none from Airflow), decides with
-``airflow_cvat.webhook_rules`` and creates the DAG run in-process with Airflow's own
+``airflow_cvat.webhook.rules`` and creates the DAG run in-process with Airflow's own
 ``trigger_dag``, then answers CVAT at once (CVAT gives up after 10 s).
 
 Configuration: an Airflow connection (``cvat_webhook``, or ``[cvat] webhook_conn_id``), secret in
@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from airflow_cvat.webhook_rules import (
+from airflow_cvat.webhook.rules import (
     DEFAULT_CONN_ID,
     SIGNATURE_HEADER,
     BridgeConfig,
@@ -127,7 +127,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 def trigger(decision: Decision) -> tuple[int, dict[str, Any]]:
     """Create the run named by the decision, or find it: (HTTP status, answer).
 
-    The run id is deterministic (see ``webhook_rules``), so the unique ``(dag_id, run_id)``
+    The run id is deterministic (see ``airflow_cvat.webhook.rules``), so the unique ``(dag_id, run_id)``
     constraint is what merges a burst and absorbs redeliveries, also when two deliveries race in
     two api-server workers: the loser's insert fails and it answers with the winner's run.
     """

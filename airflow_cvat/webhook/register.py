@@ -1,6 +1,6 @@
 """Register (or update) the CVAT webhook that feeds the Airflow bridge.
 
-    python -m airflow_cvat.setup_webhook --cvat-conn-id cvat_default --project-id 1 \\
+    python -m airflow_cvat.webhook.register --cvat-conn-id cvat_default --project-id 1 \\
         --url https://airflow.example.com/cvat/webhook --secret-conn-id cvat_webhook
 
 It runs where Airflow is configured (it reads two Airflow connections: the CVAT server and the
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_cvat.webhook_rules import DEFAULT_CONN_ID
+from airflow_cvat.webhook.rules import DEFAULT_CONN_ID
 
 DEFAULT_EVENTS = ("update:job",)
 DESCRIPTION = "Airflow retraining (airflow-provider-cvat)"
@@ -49,7 +49,7 @@ class Target:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m airflow_cvat.setup_webhook",
+        prog="python -m airflow_cvat.webhook.register",
         description="Register the CVAT webhook that triggers Airflow (idempotent; never prints the secret).",
     )
     parser.add_argument(
