@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
+
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-cvat-tests-"))
 os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME}/airflow.db"
@@ -26,30 +28,45 @@ pytest_plugins = [
     "tests.fixtures.airflow_servers",
 ]
 
-# ---- order: light tests first -------------------------------------------------------------------
+# ---- order and parallel workers --------------------------------------------------------------
 
 SLOW_FIXTURES = {"ssd_run", "trained_run"}
 """A test that uses one of these waits for a real training run: it is slow too."""
 
+MODULE_GROUPS = {"test_ui_browser.py"}
+"""Modules whose module-scoped fixture is a whole Airflow stack: their tests share one worker."""
+
+MAX_WORKERS = 4
+"""pytest-xdist workers at most (``-n auto``): each TensorFlow build takes gigabytes of memory."""
+
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: starts TensorFlow to train (or several times); runs after the light tests"
+        "markers",
+        "slow(minutes=0): starts TensorFlow to train (or several times); runs after the light tests, "
+        "the longest (by its estimate in minutes) first so that parallel workers finish together",
     )
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def _order(item) -> tuple[bool, float]:
+    """Light tests first, so a failure shows in the first minutes; then the slow ones, longest first."""
+    marker = item.get_closest_marker("slow")
+    slow = bool(marker or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    return slow, -float(marker.kwargs.get("minutes", 0)) if marker else 0.0
 
 
 def pytest_collection_modifyitems(config, items):
-    """Light tests first, so a failure shows in the first minutes; slow ones keep their order."""
-    items.sort(
-        key=lambda item: bool(
-            item.get_closest_marker("slow") or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
-        )
-    )
+    items.sort(key=_order)  # stable: tests of equal rank keep their order
+    for item in items:
+        if item.path.name in MODULE_GROUPS:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
 
 
 # ---- CVAT double fixtures (tests/cvat_double) below ------------------------------------------
-
-import pytest  # noqa: E402
 
 from tests.cvat_double import CVATDouble  # noqa: E402
 

@@ -42,18 +42,29 @@ SHARED = None
 """The session's shared ssd run (``ssd_run``), trained with its own arguments."""
 
 MODELS = {
-    # name: (arguments, expected steps); input_size is a multiple of 64
-    "ssd-mobilenet-v2-coco": (SHARED, 600),
-    "frcnn-res50-coco": (f"epochs=1;batch_size=2;input_size=64;{FAST}", 1),
-    "frcnn-res50-lowp": (f"epochs=1;batch_size=2;input_size=64;{FAST}", 1),
-    "frcnn-res101-coco": (f"epochs=1;batch_size=2;input_size=64;{FAST}", 1),
-    # Keras's Inception-ResNet-v2 needs at least 75 px.
-    "frcnn-inc-resv2-atr-coco": (f"epochs=1;batch_size=2;input_size=128;{FAST}", 1),
+    # name: (arguments, expected steps, minutes a CI run takes); input_size is a multiple of 64.
+    # Longest first: parallel workers (pytest-xdist) take them in this order and finish together.
     # One image per replica.
-    "frcnn-nas-coco": (f"epochs=1;batch_size=2;num_clones=2;input_size=64;{FAST}", 1),
+    "frcnn-nas-coco": (f"epochs=1;batch_size=2;num_clones=2;input_size=64;{FAST}", 1, 5),
     # 8 training images, batch 8: one pass is 1 step, so 1 + 1 + 1.
-    "mask-rcnn": (f"stage1_epochs=1;stage2_epochs=1;stage3_epochs=1;batch_size=8;input_size=64;{FAST}", 3),
+    "mask-rcnn": (f"stage1_epochs=1;stage2_epochs=1;stage3_epochs=1;batch_size=8;input_size=64;{FAST}", 3, 4),
+    # Keras's Inception-ResNet-v2 needs at least 75 px.
+    "frcnn-inc-resv2-atr-coco": (f"epochs=1;batch_size=2;input_size=128;{FAST}", 1, 2.5),
+    "frcnn-res101-coco": (f"epochs=1;batch_size=2;input_size=64;{FAST}", 1, 2),
+    "frcnn-res50-coco": (f"epochs=1;batch_size=2;input_size=64;{FAST}", 1, 1.8),
+    "frcnn-res50-lowp": (f"epochs=1;batch_size=2;input_size=64;{FAST}", 1, 1.5),
+    "ssd-mobilenet-v2-coco": (SHARED, 600, 0),
 }
+
+
+def each_model(*names: str) -> list:
+    """Parameters for a test per model: a model's tests share one worker (its run is kept there)."""
+    return [
+        pytest.param(
+            name, marks=[pytest.mark.xdist_group(f"model-{name}"), pytest.mark.slow(minutes=MODELS[name][2])]
+        )
+        for name in names
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +78,7 @@ def runs(dataset):
 
 
 def _train(dataset, model: str, runs: dict):
-    arguments, _ = MODELS[model]
+    arguments = MODELS[model][0]
     output = dataset.parent / "runs" / model
     workdir = dataset.parent / "cwd" / model
     workdir.mkdir(parents=True)
@@ -101,9 +112,9 @@ def _shared_ssd_run(request):
     return shared.folder, shared.result, shared.log
 
 
-@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("model", each_model(*MODELS))
 def test_model_trains_evaluates_and_exports(request, dataset, runs, model):
-    arguments, steps = MODELS[model]
+    arguments, steps, _ = MODELS[model]
     output, result, stderr = _shared_ssd_run(request) if arguments is SHARED else _train(dataset, model, runs)
     assert result["status"] == "ok" and result["model"] == model
     assert result["steps"] == steps and result["arguments"]["steps"] == steps
@@ -131,7 +142,7 @@ def test_model_trains_evaluates_and_exports(request, dataset, runs, model):
     assert list((output / "tensorboard" / "eval").glob("events.out.tfevents.*"))
 
 
-@pytest.mark.parametrize("model", ["frcnn-res50-lowp", "mask-rcnn"])
+@pytest.mark.parametrize("model", each_model("frcnn-res50-lowp", "mask-rcnn"))
 def test_saved_model_reloads_and_predicts_here(runs, model):
     """Load the export in this process and run a frame of another size (batch of two)."""
     if model not in runs:
@@ -147,6 +158,7 @@ def test_saved_model_reloads_and_predicts_here(runs, model):
         assert out["detection_masks"].shape[:2] == out["detection_boxes"].shape[:2]
 
 
+@pytest.mark.xdist_group("model-frcnn-nas-coco")
 def test_nas_ran_on_two_replicas(runs):
     if "frcnn-nas-coco" not in runs:
         pytest.skip("frcnn-nas-coco did not train in this session")
@@ -155,6 +167,7 @@ def test_nas_ran_on_two_replicas(runs):
     assert "replicas: 2 on /cpu:0, /cpu:1" in stderr
 
 
+@pytest.mark.xdist_group("model-mask-rcnn")
 def test_mask_rcnn_ran_three_stages(runs):
     if "mask-rcnn" not in runs:
         pytest.skip("mask-rcnn did not train in this session")
