@@ -52,7 +52,7 @@ def main() -> None:
     options = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     subprocess.run(
-        [sys.executable, "-c", "import sys; from airflow_cvat.trainer.fixtures import make_dataset; "
+        [sys.executable, "-c", "import sys; from demo_data.datasets import make_dataset; "
          "make_dataset(sys.argv[1], int(sys.argv[2]), size=int(sys.argv[3]))",
          str(folder / "ds"), str(options.images), str(options.size)],
         cwd=ROOT, check=True,

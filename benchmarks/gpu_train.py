@@ -67,7 +67,7 @@ def main() -> None:
 def _prepared(scratch: Path, size: int, images: int):
     """Generated images at ``size`` px, exported as CVAT does and prepared by the trainer (cached)."""
     from airflow_cvat.trainer import families, prepare
-    from airflow_cvat.trainer.fixtures import make_dataset
+    from demo_data.datasets import make_dataset
 
     folder = scratch / f"data-{size}"
     if not folder.exists():

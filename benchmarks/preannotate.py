@@ -18,7 +18,7 @@ threshold, all of its jobs in state new. Reported from the command's own summary
 
 ``--train`` trains ssd-mobilenet-v2-coco for ``--steps`` steps (default 600, batch 4, learning
 rate 0.02, 128 px: the demo's schedule, about AP50 0.7) on 200 synthetic shapes of
-``airflow_cvat.trainer.fixtures.make_dataset`` and uses the run folder (it has ``saved_model/``
+``demo_data.datasets.make_dataset`` and uses the run folder (it has ``saved_model/``
 and ``label_map.json``, which is all the command needs); ``--train-dir`` keeps it for reruns.
 A model that detects nothing (a random one) measures inference but uploads nothing.
 """
@@ -43,10 +43,7 @@ def train_small(folder: Path, steps: int) -> str:
     dataset, run = folder / "dataset", folder / "run"
     if (run / "saved_model" / "saved_model.pb").exists():
         return run.as_uri()
-    code = (
-        "import sys; from airflow_cvat.trainer.fixtures import make_dataset; "
-        "make_dataset(sys.argv[1], 200, size=128)"
-    )
+    code = "import sys; from demo_data.datasets import make_dataset; make_dataset(sys.argv[1], 200, size=128)"
     subprocess.run([sys.executable, "-c", code, str(dataset)], check=True, cwd=ROOT)
     arguments = f"epochs={steps};batch_size=4;input_size=128;initial_learning_rate=0.02"
     subprocess.run(
@@ -66,7 +63,7 @@ def model_labels(model_uri: str) -> list[str]:
 
 
 def new_task(cvat, labels: list[str], count: int, width: int, height: int, jobs: int) -> int:
-    from airflow_cvat.synthetic import SyntheticFrame, generate_frame
+    from demo_data.synthetic import SyntheticFrame, generate_frame
 
     frames = []
     for number in range(count):

@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--masks", action="store_true", help="also write instance masks (Mask R-CNN)")
     options = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from airflow_cvat.trainer.fixtures import make_dataset
+    from demo_data.datasets import make_dataset
 
     root = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
     for count in (int(c) for c in options.counts.split(",")):

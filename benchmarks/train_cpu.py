@@ -39,8 +39,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     from airflow_cvat.trainer import families, prepare, runtime, train
-    from airflow_cvat.trainer.fixtures import make_dataset
     from airflow_cvat.trainer.storage import Workspace
+    from demo_data.datasets import make_dataset
 
     strategy, use_gpu = runtime.configure(options.num_clones)
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))

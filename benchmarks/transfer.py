@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     options = parser.parse_args()
 
-    from airflow_cvat.trainer.fixtures import make_dataset
+    from demo_data.datasets import make_dataset
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-transfer-"))
     # The shared test run's schedule (tests/fixtures/publish.py), which reaches AP50 ~0.98 on task A.

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # demo_data/ (the generated CVAT export) is not in the wheel
 OUT = REPO / "demo-output"
 MODEL = "ssd-mobilenet-v2-coco"
 IMAGES = int(os.environ.get("DEMO_IMAGES", "200"))
@@ -44,7 +45,7 @@ def done(started: float, timings: dict[str, float], name: str) -> None:
 
 
 def make_source() -> Path:
-    from airflow_cvat.synthetic import write_export_file
+    from demo_data.synthetic import write_export_file
 
     path = OUT / "cvat-export" / "shapes-coco.zip"
     if not path.exists():

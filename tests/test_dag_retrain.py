@@ -178,7 +178,7 @@ def test_bad_arguments_fail_before_export_and_send_the_failure_email(pipeline):
 PREDICT = """
 import json, sys
 import numpy as np, tensorflow as tf
-from airflow_cvat.synthetic import generate_frame
+from demo_data.synthetic import generate_frame
 from PIL import Image
 import io
 frame = generate_frame(0, width=160, height=120, seed=11)

@@ -250,7 +250,7 @@ def test_unchanged_annotations_skip_and_changed_ones_export(cvat, export, tmp_pa
 
 
 def test_source_uri_imports_an_export_already_in_storage(export, tmp_path: Path):
-    from airflow_cvat.synthetic import write_export_file
+    from demo_data.synthetic import write_export_file
 
     zip_path = tmp_path / "from-cvat.zip"
     write_export_file(zip_path, 12, format="COCO 1.0")

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from airflow_cvat.synthetic import SyntheticFrame, generate_frame
 from airflow_cvat.trainer import preannotate as pa
 from airflow_cvat.trainer.preannotate import command
+from demo_data.synthetic import SyntheticFrame, generate_frame
 from tests.fixtures.airflow import connection_env, task_states, xcom
 from tests.fixtures.publish import LABELS, FakeDetector
 

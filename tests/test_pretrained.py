@@ -36,7 +36,7 @@ from airflow_cvat.catalog import get_model, load_catalog  # noqa: E402
 from airflow_cvat.mirrors import GCS_HTTPS, public_uri  # noqa: E402
 from airflow_cvat.operators.base_model import BaseModelPullOperator  # noqa: E402
 from airflow_cvat.trainer import base, cli, families, pretrained  # noqa: E402
-from airflow_cvat.trainer.fixtures import make_dataset  # noqa: E402
+from demo_data.datasets import make_dataset  # noqa: E402
 from tests import pretrained_forms as forms  # noqa: E402
 
 MOBILENET = "ssd-mobilenet-v2-coco"

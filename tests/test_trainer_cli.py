@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_cvat.trainer.fixtures import make_dataset
+from demo_data.datasets import make_dataset
 from tests.trainer_helpers import run_trainer
 
 ROOT = Path(__file__).resolve().parents[1]

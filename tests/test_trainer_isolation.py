@@ -26,11 +26,11 @@ LIGHT = [  # the trainer modules that load without TensorFlow, and what they sha
     "airflow_cvat.trainer.prepare",
     "airflow_cvat.trainer.storage",
     "airflow_cvat.trainer.preannotate",
-    "airflow_cvat.trainer.fixtures",
     "airflow_cvat.catalog",
     "airflow_cvat.arguments",
     "airflow_cvat.manifest",
-    "airflow_cvat.synthetic",
+    "demo_data.synthetic",  # the generated data the trainer tests and benchmarks feed it
+    "demo_data.datasets",
 ]
 SHARED_CONTRACTS = [  # owned once, read by both worlds: the standard library only
     "airflow_cvat.envelope",

@@ -16,9 +16,9 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from airflow_cvat.manifest import Manifest  # noqa: E402
-from airflow_cvat.synthetic import generate_frames  # noqa: E402
-from airflow_cvat.trainer.fixtures import make_dataset  # noqa: E402
 from airflow_cvat.trainer.prepare import DatasetError, prepare  # noqa: E402
+from demo_data.datasets import make_dataset  # noqa: E402
+from demo_data.synthetic import generate_frames  # noqa: E402
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature((), tf.string),

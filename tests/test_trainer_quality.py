@@ -16,7 +16,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from airflow_cvat.synthetic import generate_frames  # noqa: E402
+from demo_data.synthetic import generate_frames  # noqa: E402
 
 
 @pytest.fixture(scope="module")

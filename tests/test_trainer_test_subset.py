@@ -2,7 +2,7 @@
 
 One TensorFlow process: the trainer's ``main`` is called twice in it, a tiny training run (a few
 steps at 64 px) and the same command again, which must redo no evaluation. A CVAT project
-export (COCO 1.0) with Train, Validation and Test subsets, as ``airflow_cvat.synthetic`` writes
+export (COCO 1.0) with Train, Validation and Test subsets, as ``demo_data.synthetic`` writes
 it (``annotations/instances_<subset>.json``, ``images/<subset>/``).
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 from airflow_cvat.deploy.card import card_json, card_markdown
 from airflow_cvat.manifest import MANIFEST_NAME, Archive, Label, Manifest, fingerprint
-from airflow_cvat.synthetic import DEFAULT_LABELS, generate_frames, write_export
+from demo_data.synthetic import DEFAULT_LABELS, generate_frames, write_export
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSETS = {"Train": 8, "Validation": 2, "Test": 3}

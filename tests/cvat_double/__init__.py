@@ -33,7 +33,7 @@ Content (ids count from 1 per kind, like CVAT's database):
     ``images/<subset>/``; CVAT XML the task meta's ``<subset>``, or in a project export each
     ``<image subset=...>`` under ``images/<subset>/`` (a name repeats across subsets, not within).
     ``frames`` is a count (synthetic frames regenerated from ``seed`` on demand, never all held
-    in memory) or an iterable of ``airflow_cvat.synthetic.SyntheticFrame``. Labels are names or
+    in memory) or an iterable of ``demo_data.synthetic.SyntheticFrame``. Labels are names or
     ``{"name", "color", "attributes": [{"name", "input_type", "values", ...}]}``; a project's
     task uses the project's labels. One annotation job (state new, stage annotation) per segment;
     the frames' shapes become the task's annotations (source "manual").
@@ -45,7 +45,7 @@ Content (ids count from 1 per kind, like CVAT's database):
 Exports: ``POST /api/{tasks|projects|jobs}/{id}/dataset/export?format=...`` answers 202 with a
 CVAT-shaped ``rq_id``; each poll of ``/api/requests/{rq_id}`` is "started" for
 ``cvat.export_polls_before_finish`` polls (default 1, as recorded), then "finished" with
-``result_url`` (or "failed"). The zip is written by ``airflow_cvat.synthetic.write_export`` into a
+``result_url`` (or "failed"). The zip is written by ``demo_data.synthetic.write_export`` into a
 temp file and streamed; a task export holds its non-deleted frames, a job export its own frames.
 Only "COCO 1.0" and "CVAT for images 1.1" are written; other real formats end "failed", unknown
 ones ("TFRecord 1.0") get CVAT's 400. ``cvat.background_exports = True`` writes each export in a

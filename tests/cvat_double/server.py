@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from airflow_cvat.synthetic import DEFAULT_LABELS, EXPORT_FORMATS, SyntheticFrame, write_export
+from demo_data.synthetic import DEFAULT_LABELS, EXPORT_FORMATS, SyntheticFrame, write_export
 
 from .state import (
     JOB_STAGES,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from airflow_cvat.synthetic import (
+from demo_data.synthetic import (
     SyntheticFrame,
     SyntheticShape,
     generate_frame,

@@ -1,7 +1,7 @@
 """Generated datasets in the exact layout the export operator writes (tests, benchmarks, demo).
 
 Why here and not in tests/: the benchmarks and the offline demo need the same folders, and the
-layout must follow :mod:`airflow_cvat.manifest` exactly. Uses :mod:`airflow_cvat.synthetic`.
+layout must follow :mod:`airflow_cvat.manifest` exactly. Uses :mod:`demo_data.synthetic`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from airflow_cvat.manifest import MANIFEST_NAME, Archive, Label, Manifest, fingerprint
-from airflow_cvat.synthetic import DEFAULT_LABELS, generate_frames, write_export
+from demo_data.synthetic import DEFAULT_LABELS, generate_frames, write_export
 
 
 def make_dataset(
