@@ -32,7 +32,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.slow  # after the light tests (tests/conftest.py)
 
-from airflow_cvat.trainer.fixtures import make_dataset  # noqa: E402
+from demo_data.datasets import make_dataset  # noqa: E402
 from tests.trainer_helpers import run_trainer  # noqa: E402
 
 IMAGES, IMAGE_SIZE, VALIDATION = 16, 64, "0.5"
