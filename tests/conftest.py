@@ -33,8 +33,9 @@ pytest_plugins = [
 SLOW_FIXTURES = {"ssd_run", "trained_run"}
 """A test that uses one of these waits for a real training run: it is slow too."""
 
-MODULE_GROUPS = {"test_ui_browser.py"}
-"""Modules whose module-scoped fixture is a whole Airflow stack: their tests share one worker."""
+MODULE_GROUPS = {"test_ui_browser.py", "test_pretrained.py"}
+"""Modules whose module-scoped fixtures are expensive (a whole Airflow stack; published checkpoints
+made with the Model Garden's classes): their tests share one worker, which builds them once."""
 
 MAX_WORKERS = 4
 """pytest-xdist workers at most (``-n auto``): each TensorFlow build takes gigabytes of memory."""
