@@ -270,7 +270,7 @@ with DAG(
 
     resolved >> [export, pull]
     if KUBERNETES:
-        from airflow_cvat.operators.config import TrainingBackendBranchOperator
+        from airflow_cvat.operators.training_branch import TrainingBackendBranchOperator
 
         where_to_train = TrainingBackendBranchOperator(task_id="where_to_train")
         [export, pull] >> where_to_train >> train_tasks

@@ -361,16 +361,55 @@ def test_real_trained_run_publishes_and_serves(trained_run, tmp_path):
     assert all(s["label_id"] in {1, 2, 3} for s in answer["shapes"])
 
 
-def test_subprocess_result_timeout_and_secrets(monkeypatch):
-    from airflow_cvat.operators.convert import PublishError, run_json_command
+FAKE_CONVERT = """
+import os, sys, time
+from airflow_cvat.envelope import EXIT_FAILED, EXIT_OK, emit, failure
 
+result_file = sys.argv[sys.argv.index("--result-file") + 1]
+mode = os.environ["FAKE_CONVERT"]
+print("log", flush=True)
+if mode == "secrets":
+    sys.exit(emit({"status": "ok", "conn": os.environ.get("AIRFLOW_CONN_AWS_DEFAULT")}, EXIT_OK, result_file))
+if mode == "error":
+    sys.exit(emit(failure("the run cannot be staged"), EXIT_FAILED, result_file))
+if mode == "hang":
+    time.sleep(30)
+print("nothing")
+"""
+
+
+def test_subprocess_result_timeout_and_secrets(monkeypatch, tmp_path, capsys):
+    """The local TensorFlow half: its envelope read by the one reader, no connection secrets in
+    its environment, a command without a result or past its time limit fails the task."""
+    import re
+
+    from airflow.sdk.exceptions import AirflowException
+
+    from airflow_cvat.operators import convert
+    from airflow_cvat.operators.convert import PublishError
+
+    monkeypatch.undo()  # the real run_convert, not convert_once's cache (nothing here is TensorFlow)
+    (tmp_path / "fake_convert.py").write_text(FAKE_CONVERT)
+    monkeypatch.setattr(convert, "CONVERT_MODULE", "fake_convert")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{Path(__file__).resolve().parents[1]}")
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", '{"password": "hunter2"}')
-    lines: list[str] = []
-    variable = "AIRFLOW_CONN_AWS_DEFAULT"
-    code = f"import os, json; print('log'); print(json.dumps({{'conn': os.environ.get({variable!r})}}))"
-    result = run_json_command([sys.executable, "-c", code], 30, lambda fmt, line: lines.append(line))
-    assert result == {"conn": None} and lines[0] == "log"  # no connection secrets in the child
-    with pytest.raises(PublishError, match="no JSON result"):
-        run_json_command([sys.executable, "-c", "print('nothing')"], 30, lambda *a: None)
+
+    def run(mode: str, timeout: float = 60) -> dict:
+        monkeypatch.setenv("FAKE_CONVERT", mode)
+        operator = ConvertModelOperator(
+            task_id="publish",
+            run_uri="file:///r",
+            root="file:///root",
+            model_name="m",
+            convert_timeout=timeout,
+        )
+        return operator.run_convert(tmp_path / "staged", tmp_path / "out")
+
+    assert run("secrets") == {"status": "ok", "conn": None}  # no connection secrets in the child
+    assert re.search(r"\] log +\[", capsys.readouterr().out)  # its output streams into the task log
+    with pytest.raises(AirflowException, match="model conversion failed: the run cannot be staged"):
+        run("error")
+    with pytest.raises(AirflowException, match="no JSON result"):
+        run("silent")
     with pytest.raises(PublishError, match="ran longer than"):
-        run_json_command([sys.executable, "-c", "import time; time.sleep(30)"], 0.5, lambda *a: None)
+        run("hang", timeout=0.5)

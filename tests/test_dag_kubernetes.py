@@ -89,7 +89,7 @@ RUNNER = textwrap.dedent(
         output.mkdir(parents=True)
         history = {"train": {"total_loss": [[10, 2.0], [20, 1.0]]}, "eval": {"coco/AP50": [[20, 0.6]]}}
         (output / "history.json").write_text(json.dumps(history))
-        return {"ok": True, "check": {"masks": False, "max_detections": 100},
+        return {"status": "ok", "check": {"masks": False, "max_detections": 100},
                 "history": {"file": "history.json"}, "previews": {"images": []},
                 "tflite": {"status": "skipped", "reason": "tflite=False"}}
 

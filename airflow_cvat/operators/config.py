@@ -12,9 +12,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.bases.branch import BaseBranchOperator
 
-from airflow_cvat.layout import dataset_uri, run_uri
+from airflow_cvat.operators.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -46,6 +45,7 @@ class RetrainConfigOperator(BaseOperator):
         from airflow.sdk import Variable
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from airflow_cvat.layout import dataset_uri, run_uri
         from airflow_cvat.machines import MACHINE_TYPES_VARIABLE
         from airflow_cvat.retrain_config import resolve, scheduled_skip_reason
 
@@ -70,13 +70,8 @@ class RetrainConfigOperator(BaseOperator):
         return plan
 
 
-class TrainingBackendBranchOperator(BaseBranchOperator):
-    """Follow the training task the run plan's ``execution`` names (``train_{execution}``)."""
-
-    def __init__(self, *, config_task_id: str = "config", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.config_task_id = config_task_id
-
-    def choose_branch(self, context: Context) -> str:
-        plan = context["ti"].xcom_pull(task_ids=self.config_task_id)
-        return "train_kubernetes" if plan["execution"] == "kubernetes" else "train_local"
+# The branch (only a deployment with Kubernetes has one) lives apart: BaseBranchOperator's import
+# is paid only by a DAG that branches.
+__getattr__ = lazy_attributes(
+    globals(), {"TrainingBackendBranchOperator": "airflow_cvat.operators.training_branch"}
+)

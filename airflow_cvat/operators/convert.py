@@ -35,14 +35,22 @@ TensorBoard history run in ``python -m airflow_cvat.trainer.convert all``, on th
 DAG run chose (``execution``, templated, read when the task runs, like training's):
 
 * ``local``: a subprocess of the worker on a local staged copy of the run, with no storage
-  credentials in its environment (:func:`run_json_command`).
+  credentials in its environment (:meth:`PublishModelOperator.run_convert`).
 * ``kubernetes``: a pod of the training image (``KubernetesConvertOperator``, built by the same
   pod builder as training's, :mod:`airflow_cvat.operators.pod`). The pod reads the run from
   object storage and writes its results to ``{run}/converted/`` itself, with the credentials of
   the ``storage_secret`` Kubernetes Secret (envFrom; never in its arguments). So a Kubernetes
   deployment's workers need no TensorFlow. The pod runs inside this task (not deferrable).
 
+Both answer with the command-line envelope (:mod:`airflow_cvat.envelope`), read by its one
+reader: ``{"status": "ok", ...}`` with the check, TFLite, previews and history, or with
+``broken`` (the model does not load or predict: nothing is published, the task succeeds);
+``{"status": "error"}`` (the command itself failed) fails the task.
+
 Everything else (staging the SavedModel, the gate, the version folder, LATEST) stays here.
+
+Import cost: the DAG file imports this module on every parse; the quality gate, the deployables
+and the model card are imported when the task runs.
 """
 
 from __future__ import annotations
@@ -59,15 +67,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_cvat.operators.pod import PodCommand, lazy_pod_operator, pod_kwargs
-from airflow_cvat.operators.process import LogLine, run_streamed, subprocess_environment
-from airflow_cvat.operators.quality_gate import GateDecision, decide
+from airflow_cvat.envelope import ERROR, OK
+from airflow_cvat.operators.lazy import lazy_attributes
+from airflow_cvat.operators.pod import PodCommand, pod_kwargs, pod_operator
+from airflow_cvat.operators.process import checked_result, run_with_result, subprocess_environment
 from airflow_cvat.operators.training import DEFAULT_IMAGE, DEFAULT_STORAGE_SECRET, POD_RESULT_FILE
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_cvat.operators.quality_gate import GateDecision
 
 MARKER = "PUBLISHED.json"
 LATEST = "LATEST"
@@ -259,8 +270,8 @@ class PublishModelOperator(BaseOperator):
             staged, built = Path(scratch, "run"), Path(scratch, "version")
             converted = self._convert(run, staged, Path(scratch, "convert"), context)
             metrics = json.loads((staged / "metrics.json").read_text())
-            decision = self.decide(metrics.get("AP50"), latest, broken=converted.get("error"))
-            if not converted.get("ok"):
+            decision = self.decide(metrics.get("AP50"), latest, broken=converted.get("broken"))
+            if converted.get("broken"):
                 self.log.warning("not publishing: %s", decision.reason)
                 return self._outcome(models, version, decision, metrics, converted, published=False)
             self._build(staged, Path(scratch, "convert"), built, version, result, metrics, converted)
@@ -281,7 +292,11 @@ class PublishModelOperator(BaseOperator):
         self.log.info("quality gate: %s", decision.reason)
         return self._outcome(models, version, decision, metrics, converted, published=True)
 
-    def decide(self, new_ap50: float | None, latest: dict[str, Any] | None, broken: str | None = None):
+    def decide(
+        self, new_ap50: float | None, latest: dict[str, Any] | None, broken: str | None = None
+    ) -> GateDecision:
+        from airflow_cvat.operators.quality_gate import decide
+
         return decide(new_ap50, latest, self.quality_margin, broken=broken, floor=self.quality_floor)
 
     # -- steps --------------------------------------------------------------------------------
@@ -329,23 +344,38 @@ class PublishModelOperator(BaseOperator):
             raise PublishError(f"the run {uri_of(run)} lacks {', '.join(missing)}; was it exported?")
 
     def run_convert(self, staged: Path, output: Path) -> dict[str, Any]:
-        """``python -m airflow_cvat.trainer.convert all`` in a subprocess; its log goes to the task log."""
-        command = [
-            sys.executable,
-            "-m",
-            "airflow_cvat.trainer.convert",
-            "all",
-            "--run",
-            str(staged),
-            "--output",
-            str(output),
-            "--count",
-            str(self.preview_images),
-        ]
-        if not self.tflite:
-            command.append("--no-tflite")
-        self.log.info("running %s", " ".join(command))
-        return run_json_command(command, self.convert_timeout, self.log.info)
+        """``python -m airflow_cvat.trainer.convert all`` in a subprocess; its log goes to the task log.
+
+        Stopped after ``convert_timeout`` seconds: a hung conversion must not hold the task for ever.
+        """
+
+        def command(result_file: str) -> list[str]:
+            argv = [
+                sys.executable,
+                "-m",
+                CONVERT_MODULE,
+                "all",
+                "--run",
+                str(staged),
+                "--output",
+                str(output),
+            ]
+            argv += ["--count", str(self.preview_images), "--result-file", result_file]
+            return [*argv, "--no-tflite"] if not self.tflite else argv
+
+        finished, result = run_with_result(
+            command,
+            child_env(),
+            self.log.info,
+            prefix="airflow-cvat-convert-",
+            message="running %s",
+            timeout=self.convert_timeout,
+        )
+        if finished.timed_out:
+            raise PublishError(
+                f"{CONVERT_MODULE} all ran longer than {self.convert_timeout:.0f} s and was stopped"
+            )
+        return checked_result(finished, result, command=f"{CONVERT_MODULE} all", work="model conversion")
 
     def run_convert_in_pod(self, run_uri: str, output_uri: str, context: Context) -> dict[str, Any]:
         """``trainer.convert all`` in a pod of the training image, which reads and writes storage.
@@ -367,9 +397,11 @@ class PublishModelOperator(BaseOperator):
             **arguments,
         )
         result = self._pod.execute(context)
-        if not isinstance(result, dict) or "ok" not in result:
-            raise PublishError(f"the convert pod returned no result ({result!r}); see its log above")
-        return result
+        if isinstance(result, dict) and result.get("status") == OK:
+            return result
+        if isinstance(result, dict) and result.get("status") == ERROR:
+            raise AirflowException(f"model conversion failed: {result.get('error') or result}")
+        raise PublishError(f"the convert pod returned no result ({result!r}); see its log above")
 
     def on_kill(self) -> None:
         if self._pod is not None:
@@ -464,6 +496,8 @@ class PublishModelOperator(BaseOperator):
         metrics = read_json(models / version / "metrics.json") or {}
         self.log.info("the run is already published as %s; reusing it", version)
         if latest and latest.get("version") == version:
+            from airflow_cvat.operators.quality_gate import GateDecision
+
             previous = latest.get("previous") or {}
             decision = GateDecision(
                 True,
@@ -509,7 +543,7 @@ class PublishModelOperator(BaseOperator):
             },
             "metrics": {k: metrics.get(k) for k in ("AP", "AP50", "AP75", "per_class")},
             "tflite": converted.get("tflite"),
-            "error": converted.get("error"),
+            "error": converted.get("broken"),
             "files": files,
             "storage_conn_id": self.storage_conn_id,
         }
@@ -564,12 +598,20 @@ class KubernetesConvertMixin(PodCommand):
         self.set_command(CONVERT_MODULE, args, machine, num_clones=1, secrets=[self.storage_secret])
 
 
-__getattr__ = lazy_pod_operator(
+__getattr__ = lazy_attributes(
     globals(),
-    "KubernetesConvertOperator",
-    KubernetesConvertMixin,
-    template_fields=("run_uri", "output_uri", "machine_type", "storage_secret"),
-    ui_color="#d6e6f0",
+    {
+        "KubernetesConvertOperator": pod_operator(
+            __name__,
+            "KubernetesConvertOperator",
+            KubernetesConvertMixin,
+            template_fields=("run_uri", "output_uri", "machine_type", "storage_secret"),
+            ui_color="#d6e6f0",
+        ),
+        # Callers import the gate from here; quality_gate owns it.
+        "decide": "airflow_cvat.operators.quality_gate",
+        "GateDecision": "airflow_cvat.operators.quality_gate",
+    },
 )
 
 
@@ -649,23 +691,3 @@ def published_versions(root: str, model_name: str, conn_id: str | None = None) -
 def child_env() -> dict[str, str]:
     """The environment for the TensorFlow subprocess, without connection secrets (it reads local paths)."""
     return subprocess_environment(SECRET_ENV_PREFIXES)
-
-
-def run_json_command(command: list[str], timeout: float, log_line: LogLine) -> dict[str, Any]:
-    """Run a command, stream its output into the log, return the JSON object on its last line.
-
-    Stopped after ``timeout`` seconds: a hung conversion must not hold the task for ever.
-    """
-    finished = run_streamed(command, child_env(), log_line, timeout=timeout, keep=None)
-    if finished.timed_out:
-        raise PublishError(f"{' '.join(command[:4])} ran longer than {timeout:.0f} s and was stopped")
-    for line in reversed(finished.tail):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                continue
-    raise PublishError(
-        f"{' '.join(command[:4])} exited with {finished.code} and no JSON result; last output: "
-        + " | ".join(finished.tail[-5:])
-    )

@@ -12,6 +12,10 @@ Deferrable: the wait for CVAT can run in the triggerer (CVATRequestTrigger) inst
 slot. The export's plan (what was selected, which request exports what) is then written beside
 the archives before deferring, and read back when the task resumes; only request ids and the
 connection id go into the metadata database.
+
+Import cost: the DAG file imports this module on every parse, so the hook, the archive reader,
+the manifest and the plan's dataclasses (:mod:`airflow_cvat.operators.export_plan`) are imported
+when the task runs.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import json
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -29,19 +32,14 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
-from airflow_cvat.coercion import parse_ids
-from airflow_cvat.export_archive import (
-    CVAT_IMAGES,
-    ArchiveError,
-    detect_format,
-    iter_selected,
-    read_labels_and_images,
-)
-from airflow_cvat.hooks.cvat import CVATError, CVATHook
-from airflow_cvat.manifest import FORMATS, MANIFEST_NAME, Archive, Label, Manifest, fingerprint
+from airflow_cvat.operators import DEFAULT_CVAT_CONN_ID
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_cvat.hooks.cvat import CVATHook
+    from airflow_cvat.manifest import Archive, Label, Manifest
+    from airflow_cvat.operators.export_plan import ExportPlan, ExportUnit, SelectedJob
 
 LATEST_NAME = "LATEST.json"
 #: Written beside the archives while a deferred export waits; removed once the manifest is written.
@@ -49,61 +47,6 @@ PLAN_NAME = "export-plan.json"
 COPY_CHUNK = 1 << 20
 # Fields of CVAT's annotation objects that change without the annotation changing.
 _VOLATILE_KEYS = frozenset({"id", "version", "created_date", "updated_date"})
-
-
-@dataclass
-class SelectedJob:
-    task_id: int
-    job_id: int
-    frames: list[int]
-    frame_names: list[str]
-    # The job's range in the task, deleted frames included (CVAT's job annotations cover them).
-    start_frame: int
-    stop_frame: int
-
-
-@dataclass
-class ExportUnit:
-    """One CVAT export request: a whole task (job_id None), or one job of it."""
-
-    task_id: int
-    job_id: int | None
-    frames: list[int]
-    frame_names: list[str]
-    rq_id: str = ""
-
-    @property
-    def path(self) -> str:
-        job = f"-job-{self.job_id}" if self.job_id is not None else ""
-        return f"archives/task-{self.task_id}{job}.zip"
-
-    def what(self, fmt: str) -> str:
-        if self.job_id is None:
-            return f"export of task {self.task_id} as {fmt!r}"
-        return f"export of job {self.job_id} (task {self.task_id}) as {fmt!r}"
-
-
-@dataclass
-class ExportPlan:
-    """Everything decided before CVAT is asked to export; JSON, so a deferred task can resume."""
-
-    source: dict[str, Any]
-    labels: list[Label]
-    fingerprint: str
-    jobs: list[SelectedJob]
-    left_out: list[dict]
-    units: list[ExportUnit] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> ExportPlan:
-        data = json.loads(text)
-        data["labels"] = [Label(**label) for label in data["labels"]]
-        data["jobs"] = [SelectedJob(**job) for job in data["jobs"]]
-        data["units"] = [ExportUnit(**unit) for unit in data["units"]]
-        return cls(**data)
 
 
 def _strip_volatile(value: Any) -> Any:
@@ -157,7 +100,7 @@ class CVATExportOperator(BaseOperator):
         task_ids: Any = None,
         project_id: Any = None,
         source_uri: str | None = None,
-        cvat_conn_id: str = CVATHook.default_conn_name,
+        cvat_conn_id: str = DEFAULT_CVAT_CONN_ID,
         storage_conn_id: str | None = None,
         format: str = "COCO 1.0",
         job_states: Sequence[str] = ("completed",),
@@ -218,6 +161,9 @@ class CVATExportOperator(BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         """Resume after CVATRequestTrigger: download what CVAT prepared, write the manifest."""
+        from airflow_cvat.hooks.cvat import CVATError
+        from airflow_cvat.operators.export_plan import ExportPlan
+
         if not event or event.get("status") != "success":
             message = (event or {}).get("message") or f"CVAT's export wait ended without a result: {event!r}"
             raise CVATError(message)
@@ -234,10 +180,15 @@ class CVATExportOperator(BaseOperator):
         return uri
 
     def _hook(self) -> CVATHook:
+        from airflow_cvat.hooks.cvat import CVATHook
+
         return CVATHook(self.cvat_conn_id, status_check_period=self.status_check_period)
 
     def _validate(self) -> tuple[list[int], int | None]:
         """Refuse bad arguments before talking to CVAT or storage."""
+        from airflow_cvat.coercion import parse_ids
+        from airflow_cvat.manifest import FORMATS
+
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {list(FORMATS)}, got {self.format!r}")
         task_ids = parse_ids(self.task_ids, "task_ids")
@@ -274,6 +225,8 @@ class CVATExportOperator(BaseOperator):
         self, hook: CVATHook, destination: ObjectStoragePath, task_ids: list[int], project_id: int | None
     ) -> ExportPlan:
         """Select the work, fingerprint it, skip if unchanged, and choose task or job exports."""
+        from airflow_cvat.operators.export_plan import ExportPlan, ExportUnit
+
         hook.get_conn()  # log in and check the server's version before anything else
         if project_id is not None:
             task_ids = [task.id for task in hook.get_project_tasks(project_id)]
@@ -320,6 +273,8 @@ class CVATExportOperator(BaseOperator):
         Whole means every annotation job is selected and together they hold every frame of the
         task that is not deleted: only then is a task export the same data as the job exports.
         """
+        from airflow_cvat.operators.export_plan import SelectedJob
+
         names, deleted = hook.get_task_frames(task_id)
         selected: list[SelectedJob] = []
         left_out: list[dict] = []
@@ -361,6 +316,8 @@ class CVATExportOperator(BaseOperator):
         )
 
     def _labels(self, hook: CVATHook, task_ids: list[int], project_id: int | None) -> list[Label]:
+        from airflow_cvat.manifest import Label
+
         raw = (
             hook.list_raw("labels", f"labels of project {project_id}", project_id=project_id)
             if project_id is not None
@@ -384,6 +341,8 @@ class CVATExportOperator(BaseOperator):
         One annotations request per task, split by the jobs' frame ranges: the same payload as a
         request per job, at a fraction of the requests.
         """
+        from airflow_cvat.manifest import fingerprint
+
         by_task = {
             task_id: _strip_volatile(hook.get_task_annotations(task_id))
             for task_id in dict.fromkeys(job.task_id for job in jobs)
@@ -440,6 +399,8 @@ class CVATExportOperator(BaseOperator):
     def _download(
         self, hook: CVATHook, destination: ObjectStoragePath, unit: ExportUnit, url: str
     ) -> Archive:
+        from airflow_cvat.manifest import Archive
+
         what = unit.what(self.format)
         self.log.info("Downloading %s into %s", what, plain_uri(destination / unit.path))
         size, sha = _stream_to(destination / unit.path, hook.iter_download(url, what=what))
@@ -452,6 +413,9 @@ class CVATExportOperator(BaseOperator):
     # -- from object storage ------------------------------------------------------------------
 
     def _import_from_storage(self, destination: ObjectStoragePath) -> Manifest:
+        from airflow_cvat.export_archive import detect_format, read_labels_and_images
+        from airflow_cvat.manifest import Archive, Label
+
         source = ObjectStoragePath(self.source_uri, conn_id=self.storage_conn_id)
         if not source.is_file():
             raise AirflowException(
@@ -486,6 +450,9 @@ class CVATExportOperator(BaseOperator):
         are not re-read here: the download was already hashed as it streamed, a short one fails
         on its Content-Length, and prepare decodes every image and counts any it cannot.
         """
+        from airflow_cvat.export_archive import CVAT_IMAGES, ArchiveError, detect_format
+        from airflow_cvat.hooks.cvat import CVATError
+
         try:
             with path.open("rb") as fh, zipfile.ZipFile(fh) as zf:
                 fmt = detect_format(zf)
@@ -516,6 +483,9 @@ class CVATExportOperator(BaseOperator):
         ``selection.jobs`` names the selected jobs and their frames whether they arrived as one
         task archive or one archive per job, so the manifest reads the same either way.
         """
+        from airflow_cvat.export_archive import iter_selected, read_labels_and_images
+        from airflow_cvat.manifest import Manifest
+
         counts: Counter[str] = Counter()
         images = 0
         for archive in archives:
@@ -543,6 +513,8 @@ class CVATExportOperator(BaseOperator):
         )
 
     def _publish(self, destination: ObjectStoragePath, manifest: Manifest) -> str:
+        from airflow_cvat.manifest import MANIFEST_NAME
+
         manifest_path = destination / MANIFEST_NAME
         manifest_path.write_text(manifest.to_json())
         uri = plain_uri(manifest_path)
@@ -565,6 +537,8 @@ def record_latest_export(manifest_uri: str, storage_conn_id: str | None = None) 
     For pipelines that pass record_latest=False and call this once the model trained on the
     export is published, so that a failed training is retried by the next run, not skipped.
     """
+    from airflow_cvat.manifest import Manifest
+
     manifest_path = ObjectStoragePath(manifest_uri, conn_id=storage_conn_id)
     manifest = Manifest.from_json(manifest_path.read_text())
     return _write_latest(manifest_path.parent.parent, manifest.fingerprint, manifest_uri)
@@ -655,6 +629,8 @@ def _coco_members(zf: zipfile.ZipFile) -> list[str]:
 
 
 def _annotation_member(zf: zipfile.ZipFile, fmt: str) -> str:
+    from airflow_cvat.export_archive import CVAT_IMAGES
+
     if fmt == CVAT_IMAGES:
         return "annotations.xml"
     return next(n for n in sorted(zf.namelist()) if n.startswith("annotations/instances_"))

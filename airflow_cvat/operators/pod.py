@@ -2,9 +2,9 @@
 
 Import cost: ``KubernetesPodOperator`` pulls in the Kubernetes client (about 1-2 s), and DAG files
 are parsed many times a minute. So an operator module keeps its pod-side code in a mixin and
-exposes the real class through :func:`lazy_pod_operator` (a module ``__getattr__``): a DAG that
-only runs locally never pays for it. Nothing here imports the Kubernetes provider or client at
-import time.
+exposes the real class through :func:`pod_operator` (a builder for the module ``__getattr__`` of
+:mod:`airflow_cvat.operators.lazy`): a DAG that only runs locally never pays for it. Nothing here
+imports the Kubernetes provider or client, or the machine types, at import time.
 
 :class:`PodCommand` is the part both pod mixins share: check everything and set the pod's command,
 machine, resources, /dev/shm and credentials Secrets once, before KubernetesPodOperator builds or
@@ -17,19 +17,12 @@ import inspect
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException
-
-from airflow_cvat.machines import (
-    GPU_RESOURCE,
-    MACHINE_TYPES_VARIABLE,
-    MachineType,
-    MachineTypeError,
-    choose_machine,
-    load_machine_types,
-)
+from airflow_cvat.operators.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_cvat.machines import MachineType
 
 
 def pod_operator_class(
@@ -61,26 +54,22 @@ def pod_operator_class(
     return type(KubernetesPodOperator)(name, (mixin, KubernetesPodOperator), namespace)
 
 
+def pod_operator(
+    module: str, name: str, mixin: type, *, template_fields: Sequence[str], ui_color: str
+) -> Callable[[], type]:
+    """A builder of the pod operator ``name`` for :func:`airflow_cvat.operators.lazy.lazy_attributes`:
+    the class is built on first access, once (it is then stored in the module's globals)."""
+    return lambda: pod_operator_class(mixin, name, module, template_fields=template_fields, ui_color=ui_color)
+
+
 def lazy_pod_operator(
     module_globals: dict[str, Any], name: str, mixin: type, *, template_fields: Sequence[str], ui_color: str
 ) -> Callable[[str], Any]:
-    """A module ``__getattr__`` (PEP 562) that builds the pod operator ``name`` on first access.
-
-    The class is stored in the module's globals, so it is built once and later lookups (and
-    pickling, by module and name) find it directly.
-    """
-    module = module_globals["__name__"]
-
-    def __getattr__(attribute: str) -> Any:
-        if attribute != name:
-            raise AttributeError(f"module {module!r} has no attribute {attribute!r}")
-        if name not in module_globals:
-            module_globals[name] = pod_operator_class(
-                mixin, name, module, template_fields=template_fields, ui_color=ui_color
-            )
-        return module_globals[name]
-
-    return __getattr__
+    """A module ``__getattr__`` (PEP 562) that builds the pod operator ``name`` on first access."""
+    builder = pod_operator(
+        module_globals["__name__"], name, mixin, template_fields=template_fields, ui_color=ui_color
+    )
+    return lazy_attributes(module_globals, {name: builder})
 
 
 def pod_kwargs(kwargs: dict[str, Any], *, image: str, name: str) -> dict[str, Any]:
@@ -95,6 +84,14 @@ def pod_kwargs(kwargs: dict[str, Any], *, image: str, name: str) -> dict[str, An
 def resolve_machine(machine_type: str | None, num_clones: int) -> MachineType:
     """The machine type, with the Variable read now (task run time), not at DAG parse time."""
     from airflow.sdk import Variable
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_cvat.machines import (
+        MACHINE_TYPES_VARIABLE,
+        MachineTypeError,
+        choose_machine,
+        load_machine_types,
+    )
 
     try:
         types = load_machine_types(Variable.get(MACHINE_TYPES_VARIABLE, default=None))
@@ -106,6 +103,8 @@ def resolve_machine(machine_type: str | None, num_clones: int) -> MachineType:
 def pod_resources(machine: MachineType, num_clones: int) -> Any:
     """Requests from the machine type; memory limited; one GPU per clone (none on CPU machines)."""
     from kubernetes.client import models as k8s
+
+    from airflow_cvat.machines import GPU_RESOURCE
 
     limits = {"memory": machine.memory}
     if machine.gpus:

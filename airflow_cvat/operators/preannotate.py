@@ -25,15 +25,17 @@ Which model: ``model_uri`` is a published version folder, a model folder (its LA
 the command runs) or a LATEST file; or ``root`` and ``model_name`` (``{root}/models/{name}``); or
 the publish step's XCom (:class:`~airflow_cvat.operators.convert.ConvertModelOperator`'s outcome):
 the new version when it moved LATEST, else LATEST (the model that passed the quality gate).
+
+Import cost: the DAG file imports this module on every parse, so the request's checks and the
+command builder (:mod:`airflow_cvat.operators.preannotate_run`), the shared request contract and
+the CVAT hook are imported when the task runs.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
@@ -41,17 +43,18 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from airflow_cvat.envelope import ERROR as STATUS_ERROR
 from airflow_cvat.envelope import EXIT_BAD_INPUT, OK
+from airflow_cvat.operators import DEFAULT_CVAT_CONN_ID
 from airflow_cvat.operators.backends import backend_operator, keyword_parameters
-from airflow_cvat.operators.pod import PodCommand, lazy_pod_operator, pod_kwargs
+from airflow_cvat.operators.lazy import lazy_attributes
+from airflow_cvat.operators.pod import PodCommand, pod_kwargs, pod_operator
 from airflow_cvat.operators.process import LocalCommand, checked_result
 from airflow_cvat.operators.training import DEFAULT_IMAGE, DEFAULT_STORAGE_SECRET, POD_RESULT_FILE
-from airflow_cvat.preannotation_request import MODULE as PREANNOTATE_MODULE
-from airflow_cvat.preannotation_request import ModelNotFound, PreAnnotationRequest, locate_model
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_cvat.hooks.cvat import CVATHook
+    from airflow_cvat.operators.preannotate_run import Request
 
 DEFAULT_CVAT_SECRET = "cvat-credentials"
 
@@ -72,40 +75,6 @@ PREANNOTATE_TEMPLATE_FIELDS: tuple[str, ...] = (
 )
 
 
-# -- the request ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Request:
-    """The operator's rendered fields, checked: which tasks, and the command's options.
-
-    ``options`` has no server or tasks yet: those are known only when the task runs (the
-    connection's URL, a project's tasks); :meth:`command` fills them in.
-    """
-
-    task_ids: tuple[int, ...]
-    project_id: int | None
-    options: PreAnnotationRequest
-
-    @property
-    def model_uri(self) -> str:
-        return self.options.model_uri
-
-    @property
-    def job_ids(self) -> tuple[int, ...]:
-        return self.options.job_ids
-
-    def command(
-        self, cvat_url: str, task_ids: Sequence[int], result_file: str | None
-    ) -> PreAnnotationRequest:
-        return self.options.with_target(cvat_url, task_ids, result_file)
-
-
-def command_argv(request: PreAnnotationRequest, python: str, module: str = PREANNOTATE_MODULE) -> list[str]:
-    """The whole command line: the interpreter, the module, the request's arguments."""
-    return [python, "-m", module, *request.to_argv()]
-
-
 def model_from_outcome(outcome: dict[str, Any]) -> str | None:
     """The model a publish outcome points pre-annotation at: the new version if it moved LATEST.
 
@@ -120,62 +89,6 @@ def model_from_outcome(outcome: dict[str, Any]) -> str | None:
     if "current" in latest and not latest["current"]:
         return None  # no model of this name passed the gate (e.g. the first one is below the floor)
     return latest.get("uri") or None
-
-
-def _ints(value: Any, name: str) -> tuple[int, ...]:
-    """A list of positive ids from a list, a number, or text ("1,2" or "[1, 2]")."""
-    if value in (None, "", [], ()):
-        return ()
-    items: Any = value
-    if isinstance(value, str):
-        try:
-            items = json.loads(value) if value.strip().startswith("[") else value.split(",")
-        except ValueError:
-            items = [value]
-    if not isinstance(items, list | tuple):
-        items = [items]
-    try:
-        ids = tuple(int(str(v).strip()) for v in items if str(v).strip())
-        if any(isinstance(v, bool) for v in items) or any(i < 1 for i in ids):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise AirflowFailException(f"{name} must be CVAT ids (positive integers), got {value!r}") from None
-    return tuple(dict.fromkeys(ids))
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off", "", "none"):
-        return False
-    raise AirflowFailException(f"enabled must be true or false, got {value!r}")
-
-
-def _collected(problems: list[str], parse: Any, *args: Any) -> Any:
-    """``parse(*args)``, or () with its AirflowFailException's message added to ``problems``."""
-    try:
-        return parse(*args)
-    except AirflowFailException as error:
-        problems.append(str(error))
-        return ()
-
-
-def _number(value: Any, kind: type) -> Any:
-    """``value`` as ``kind`` when it reads as one (templates render text); as given otherwise,
-    for the request's check to name."""
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        return value
-
-
-def _states(value: Any) -> tuple[str, ...]:
-    """Job states from a list or comma-separated text, blanks dropped."""
-    states = value.split(",") if isinstance(value, str) else value
-    return tuple(str(s).strip() for s in (states or ()) if str(s).strip())
 
 
 class PreAnnotateParams:
@@ -200,10 +113,10 @@ class PreAnnotateParams:
         existing: str = "skip",
         masks: str = "polygon",
         batch_size: Any = 16,
-        cvat_conn_id: str = "cvat_default",
+        cvat_conn_id: str = DEFAULT_CVAT_CONN_ID,
         cvat_url: str | None = None,
         enabled: Any = True,
-        trainer_module: str = PREANNOTATE_MODULE,
+        trainer_module: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -230,7 +143,9 @@ class PreAnnotateParams:
         self.trainer_module = trainer_module
 
     def skip_if_disabled(self) -> None:
-        if not _bool(self.enabled):
+        from airflow_cvat.operators.preannotate_run import is_enabled
+
+        if not is_enabled(self.enabled):
             raise AirflowSkipException("pre-annotation is switched off (enabled is false)")
 
     def validated(self) -> Request:
@@ -239,19 +154,24 @@ class PreAnnotateParams:
         The option rules are the command's own (:class:`PreAnnotationRequest`): what passes here
         passes there.
         """
+        from dataclasses import replace
+
+        from airflow_cvat.operators.preannotate_run import Request, collected, ids, number, states
+        from airflow_cvat.preannotation_request import PreAnnotationRequest
+
         problems: list[str] = []
-        task_ids = _collected(problems, _ints, self.task_ids, "task_ids")
-        project = _collected(problems, _ints, self.project_id, "project_id")
+        task_ids = collected(problems, ids, self.task_ids, "task_ids")
+        project = collected(problems, ids, self.project_id, "project_id")
         if len(project) > 1:
             problems.append(f"project_id must be one CVAT project id, got {self.project_id!r}")
         options = PreAnnotationRequest(
             model_uri="",
             cvat_url="",
             task_ids=(),
-            job_ids=_collected(problems, _ints, self.job_ids, "job_ids"),
-            job_states=_states(self.job_states),
-            threshold=_number(self.threshold, float),
-            batch_size=_number(self.batch_size, int),
+            job_ids=collected(problems, ids, self.job_ids, "job_ids"),
+            job_states=states(self.job_states),
+            threshold=number(self.threshold, float),
+            batch_size=number(self.batch_size, int),
             existing=self.existing,
             masks=self.masks,
         )
@@ -308,16 +228,6 @@ class PreAnnotateParams:
         )
 
 
-def check_published_model(uri: str, conn_id: str | None) -> None:
-    """Fail now when nothing is published at ``uri`` (the command would fail the same way, later)."""
-    from airflow_cvat.operators.convert import storage_path
-
-    try:
-        locate_model(uri, lambda candidate: storage_path(candidate, conn_id).exists())
-    except ModelNotFound as error:
-        raise AirflowFailException(str(error)) from None
-
-
 # -- local execution ---------------------------------------------------------------------------
 
 
@@ -353,6 +263,7 @@ class PreAnnotateOperator(LocalCommand, PreAnnotateParams, BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_cvat.hooks.cvat import CVATError, CVATHook
+        from airflow_cvat.operators.preannotate_run import check_published_model, command_argv
 
         self.skip_if_disabled()
         request = self.validated()
@@ -443,6 +354,7 @@ class KubernetesPreAnnotateMixin(PodCommand, PreAnnotateParams):
     def configure_pod(self, context: Context | None) -> None:
         """Command, scheduling, resources and the credentials Secrets."""
         from airflow_cvat.hooks.cvat import CVATError, CVATHook
+        from airflow_cvat.preannotation_request import MODULE as PREANNOTATE_MODULE
 
         request = self.validated()
         machine = self.resolve_machine()
@@ -462,7 +374,7 @@ class KubernetesPreAnnotateMixin(PodCommand, PreAnnotateParams):
         command = request.command(cvat_url, task_ids, POD_RESULT_FILE)
         self.log.info("Pre-annotating on machine type %s: %s", machine.name, shlex.join(command.to_argv()))
         self.set_command(
-            self.trainer_module,
+            self.trainer_module or PREANNOTATE_MODULE,
             command.to_argv(),
             machine,
             num_clones=1,
@@ -471,12 +383,20 @@ class KubernetesPreAnnotateMixin(PodCommand, PreAnnotateParams):
         )
 
 
-__getattr__ = lazy_pod_operator(
+__getattr__ = lazy_attributes(
     globals(),
-    "KubernetesPreAnnotateOperator",
-    KubernetesPreAnnotateMixin,
-    template_fields=(*PREANNOTATE_TEMPLATE_FIELDS, "machine_type", "cvat_secret", "storage_secret"),
-    ui_color="#fbe9e6",
+    {
+        "KubernetesPreAnnotateOperator": pod_operator(
+            __name__,
+            "KubernetesPreAnnotateOperator",
+            KubernetesPreAnnotateMixin,
+            template_fields=(*PREANNOTATE_TEMPLATE_FIELDS, "machine_type", "cvat_secret", "storage_secret"),
+            ui_color="#fbe9e6",
+        ),
+        "Request": "airflow_cvat.operators.preannotate_run",
+        "command_argv": "airflow_cvat.operators.preannotate_run",
+        "check_published_model": "airflow_cvat.operators.preannotate_run",
+    },
 )
 
 

@@ -1,8 +1,9 @@
 """Running a command in a subprocess of the worker, its output streamed into the task log.
 
 Shared by the local backends of training and pre-annotation (:class:`LocalCommand`) and by
-:class:`~airflow_cvat.operators.convert.ConvertModelOperator`'s TensorFlow half: one runner, so
-environment scrubbing, streaming, timeouts and clean-up behave the same everywhere.
+:class:`~airflow_cvat.operators.convert.ConvertModelOperator`'s TensorFlow half: one runner
+(:func:`run_with_result`) and one check of its envelope (:func:`checked_result`), so
+environment scrubbing, streaming, timeouts, clean-up and results behave the same everywhere.
 """
 
 from __future__ import annotations
@@ -149,6 +150,29 @@ def _kill_group(process: subprocess.Popen, sig: int) -> None:
             pass
 
 
+def run_with_result(
+    argv_for: Callable[[str], list[str]],
+    env: dict[str, str],
+    log_line: LogLine,
+    *,
+    prefix: str,
+    message: str,
+    started: Callable[[subprocess.Popen], Any] | None = None,
+    timeout: float | None = None,
+) -> tuple[Finished, dict[str, Any] | None]:
+    """Run ``argv_for(result_file)`` (logged with ``message``), streamed; (how it ended, its result).
+
+    The result is the command's envelope (:mod:`airflow_cvat.envelope`), read by its one reader
+    from the ``--result-file`` given to the command, else from its last stdout lines.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        result_file = os.path.join(scratch, "result.json")
+        argv = argv_for(result_file)
+        log_line(message, shlex.join(argv))
+        finished = run_streamed(argv, env, log_line, started, timeout=timeout)
+        return finished, read_result(result_file, finished.tail)
+
+
 def checked_result(
     finished: Finished,
     result: dict[str, Any] | None,
@@ -210,12 +234,9 @@ class LocalCommand:
         self, argv_for: Callable[[str], list[str]], env: dict[str, str], *, prefix: str, message: str
     ) -> tuple[Finished, dict[str, Any] | None]:
         """Run ``argv_for(result_file)`` (logged with ``message``); (how it ended, its JSON result)."""
-        with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
-            result_file = os.path.join(scratch, "result.json")
-            argv = argv_for(result_file)
-            self.log.info(message, shlex.join(argv))
-            finished = run_streamed(argv, env, self.log.info, self._started)
-            return finished, read_result(result_file, finished.tail)
+        return run_with_result(
+            argv_for, env, self.log.info, prefix=prefix, message=message, started=self._started
+        )
 
     def _started(self, process: subprocess.Popen) -> None:
         self._process = process

@@ -1,9 +1,9 @@
 """Training operators: one trainer command line, two thin ways to run it (Kubernetes pod, local).
 
 Why one builder: the trainer (``python -m airflow_cvat.trainer train ...``) is the only
-implementation of training. :class:`TrainerCommand` builds its arguments once; the Kubernetes
-operator puts them in a pod, the local operator in a subprocess (the astronomer-cosmos idea of
-one command builder under thin execution adapters).
+implementation of training. :class:`~airflow_cvat.operators.trainer_command.TrainerCommand`
+builds its arguments once; the Kubernetes operator puts them in a pod, the local operator in a
+subprocess (the astronomer-cosmos idea of one command builder under thin execution adapters).
 
 Both run a :class:`~airflow_cvat.training_plan.TrainingPlan`: the DAG's ``config`` task resolved
 it (num_clones merged, arguments parsed, machine chosen) and passes it as ``plan``, which the
@@ -15,9 +15,11 @@ Both derive the run's output folder from the artifact root and the run id
 (:func:`airflow_cvat.layout.run_uri`), never from the try number: the trainer resumes from the
 checkpoints it finds there, so a retry continues where the failed try stopped.
 
-Import cost: ``KubernetesPodOperator`` pulls in the Kubernetes client (about 1-2 s), and DAG
-files are parsed many times a minute. So :class:`KubernetesTrainingOperator` is created on first
-access (a module ``__getattr__``); a DAG that only trains locally never pays for it.
+Import cost: the DAG file imports this module on every parse. So what only a task run needs
+(the plan's resolution, the command builder, the layout) is imported when the task runs, and
+:class:`KubernetesTrainingOperator` (``KubernetesPodOperator`` pulls in the Kubernetes client,
+about 1-2 s) is created on first access (a module ``__getattr__``); a DAG that only trains
+locally never pays for it.
 """
 
 from __future__ import annotations
@@ -25,30 +27,28 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_cvat.envelope import EXIT_BAD_INPUT
-from airflow_cvat.layout import run_uri, safe_run_id  # noqa: F401 (callers import it from here)
-from airflow_cvat.machines import MACHINE_TYPES_VARIABLE
 from airflow_cvat.operators.backends import backend_operator, keyword_parameters
-from airflow_cvat.operators.pod import PodCommand, lazy_pod_operator, pod_kwargs
+from airflow_cvat.operators.lazy import lazy_attributes
+from airflow_cvat.operators.pod import PodCommand, pod_kwargs, pod_operator
 from airflow_cvat.operators.process import LocalCommand, checked_result
-from airflow_cvat.training_plan import PlanError, TrainingPlan, plan_training
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_cvat.operators.trainer_command import TrainerCommand
+    from airflow_cvat.training_plan import TrainingPlan
 
 TRAINER_MODULE = "airflow_cvat.trainer"
 DEFAULT_IMAGE = "ghcr.io/airflow-provider-cvat/trainer:0.1.0"
 DEFAULT_STORAGE_SECRET = "cvat-training-storage"
 POD_RESULT_FILE = "/airflow/xcom/return.json"
 """Where KubernetesPodOperator's XCom sidecar reads the task's return value."""
-TRAINER_ERROR_EXIT = 2
-"""The trainer's exit code for a reported error (its last stdout line is the JSON error)."""
 
 TRAINING_TEMPLATE_FIELDS: tuple[str, ...] = (
     "dataset",
@@ -63,47 +63,13 @@ TRAINING_TEMPLATE_FIELDS: tuple[str, ...] = (
 )
 
 
-# -- the one command builder -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainerCommand:
-    """The trainer's ``train`` command line, without the interpreter (each backend adds its own)."""
-
-    dataset: str
-    output: str
-    model: str
-    base_checkpoint: str | None = None
-    arguments: str | None = None
-    catalog: str | None = None
-    result_file: str | None = None
-
-    def args(self) -> list[str]:
-        """Arguments after ``python -m airflow_cvat.trainer``; never credentials."""
-        argv = ["train", "--dataset", self.dataset, "--output", self.output, "--model", self.model]
-        for flag, value in (
-            ("--base-checkpoint", self.base_checkpoint),
-            ("--arguments", self.arguments),
-            ("--catalog", self.catalog),
-            ("--result-file", self.result_file),
-        ):
-            if value:
-                argv += [flag, value]
-        return argv
-
-    def argv(self, python: str, module: str = TRAINER_MODULE) -> list[str]:
-        return [python, "-m", module, *self.args()]
-
-
 def _machine_types() -> str | None:
     """The deployment's machine types (a Variable), read when a task runs, never at parse time."""
     from airflow.sdk import Variable
 
+    from airflow_cvat.machines import MACHINE_TYPES_VARIABLE
+
     return Variable.get(MACHINE_TYPES_VARIABLE, default=None)
-
-
-run_output_uri = run_uri
-"""The name this module gave :func:`airflow_cvat.layout.run_uri` before the layout had one owner."""
 
 
 class TrainingParams:
@@ -150,6 +116,8 @@ class TrainingParams:
         AirflowFailException: retrying a typo cannot help. The image count is unknown here, so
         the trainer parses again with it (only the default number of steps can change).
         """
+        from airflow_cvat.training_plan import PlanError, TrainingPlan, plan_training
+
         if self.plan:
             return TrainingPlan.from_dict(self.plan)
         try:
@@ -168,6 +136,9 @@ class TrainingParams:
     def trainer_command(
         self, context: Context | None, text: str | None, result_file: str | None
     ) -> TrainerCommand:
+        from airflow_cvat.layout import run_uri
+        from airflow_cvat.operators.trainer_command import TrainerCommand
+
         run_id = (context or {}).get("run_id") or "dry_run"
         return TrainerCommand(
             dataset=self.dataset,
@@ -285,12 +256,22 @@ class KubernetesTrainingMixin(PodCommand, TrainingParams):
         )
 
 
-__getattr__ = lazy_pod_operator(
+__getattr__ = lazy_attributes(
     globals(),
-    "KubernetesTrainingOperator",
-    KubernetesTrainingMixin,
-    template_fields=(*TRAINING_TEMPLATE_FIELDS, "machine_type", "storage_secret"),
-    ui_color="#e6f1fb",
+    {
+        "KubernetesTrainingOperator": pod_operator(
+            __name__,
+            "KubernetesTrainingOperator",
+            KubernetesTrainingMixin,
+            template_fields=(*TRAINING_TEMPLATE_FIELDS, "machine_type", "storage_secret"),
+            ui_color="#e6f1fb",
+        ),
+        "TrainerCommand": "airflow_cvat.operators.trainer_command",
+        # Callers import these from here; the layout owns them.
+        "run_output_uri": "airflow_cvat.layout:run_uri",
+        "run_uri": "airflow_cvat.layout",
+        "safe_run_id": "airflow_cvat.layout",
+    },
 )
 
 

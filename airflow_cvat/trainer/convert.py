@@ -5,20 +5,24 @@ and calls this module as a subprocess, because the scheduler's and workers' proc
 never import TensorFlow. Everything here reads and writes local paths only: no credentials
 reach this process.
 
-Commands (each prints one JSON object on its last stdout line)::
+Commands (each ends with the result envelope of :mod:`airflow_cvat.envelope`: one JSON object on
+its last stdout line, ``{"status": "ok", ...}`` with exit 0, or ``{"status": "error", "error":
+...}`` with exit 2 for a bad command line and 1 for anything else; ``--result-file`` receives the
+same object, written atomically)::
 
-    python -m airflow_cvat.trainer.convert check   --saved-model DIR [--label-map FILE]
-    python -m airflow_cvat.trainer.convert tflite  --saved-model DIR --output FILE
+    python -m airflow_cvat.trainer.convert check   --saved-model DIR [--label-map FILE]     -> "check"
+    python -m airflow_cvat.trainer.convert tflite  --saved-model DIR --output FILE          -> "tflite"
     python -m airflow_cvat.trainer.convert preview --saved-model DIR --data DIR --label-map FILE
-                                                   --output DIR [--count 4] [--threshold 0.3]
-    python -m airflow_cvat.trainer.convert history --tensorboard DIR --output FILE
+                                                   --output DIR [--count 4] [--threshold 0.3] -> "previews"
+    python -m airflow_cvat.trainer.convert history --tensorboard DIR --output FILE          -> "history"
     python -m airflow_cvat.trainer.convert all     --run DIR|URI --output DIR|URI [--no-tflite] [--count 4]
                                                    [--result-file FILE]
 
 ``all`` is what the operator runs (one TensorFlow start-up instead of four): ``check`` first
-(a model that does not load or predict stops everything: ``{"ok": false, "error": ...}``), then
-TFLite, previews and the loss/AP history, each of which records its own failure instead of
-failing the whole command: a model that cannot become TFLite is still a good model.
+(a model that does not load or predict stops everything: ``{"status": "ok", "broken": reason}``,
+an answer, not a failed command), then TFLite, previews and the loss/AP history, each of which
+records its own failure instead of failing the whole command: a model that cannot become TFLite
+is still a good model.
 
 Where it runs: on the backend the DAG run chose. Locally the operator stages the run into a
 folder and passes paths (no credentials reach this process). In a pod of the training image
@@ -40,6 +44,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from airflow_cvat.envelope import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, OK, crash, emit, failure
 
 log = logging.getLogger(__name__)
 
@@ -350,15 +356,18 @@ def _scalar(value) -> float | None:
 
 
 def run_all(run: Path, output: Path, *, tflite: bool = True, count: int = 4, threshold: float = 0.3) -> dict:
-    """What the operator calls: check, then TFLite, previews, history; see the module docstring."""
+    """What the operator calls: check, then TFLite, previews, history; see the module docstring.
+
+    A model that fails the check is an answer: ``{"broken": reason}`` and nothing else.
+    """
     output.mkdir(parents=True, exist_ok=True)
     saved_model = run / "saved_model"
     labels = read_labels(run / "label_map.json") or read_labels(run / "data" / "label_map.json")
     try:
-        result: dict[str, Any] = {"ok": True, "check": check(saved_model, labels)}
+        result: dict[str, Any] = {"check": check(saved_model, labels)}
     except Exception as error:  # noqa: BLE001 - a broken model is an answer, not a crash
         log.warning("model check failed:\n%s", traceback.format_exc())
-        return {"ok": False, "error": f"{type(error).__name__}: {_first_line(error)}"}
+        return {"broken": f"{type(error).__name__}: {_first_line(error)}"}
     result["tflite"] = (
         to_tflite(saved_model, output / "model.tflite")
         if tflite
@@ -475,52 +484,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(args: argparse.Namespace) -> dict[str, Any]:
+    """The result of one command, under the key its part has in ``all``'s result."""
+    if args.command == "check":
+        return {"check": check(args.saved_model, read_labels(args.label_map))}
+    if args.command == "tflite":
+        return {"tflite": to_tflite(args.saved_model, args.output)}
+    if args.command == "preview":
+        labels = read_labels(args.label_map)
+        return {
+            "previews": preview(args.saved_model, args.data, labels, args.output, args.count, args.threshold)
+        }
+    if args.command == "history":
+        curves = history(args.tensorboard)
+        Path(args.output).write_text(json.dumps(curves))
+        return {"history": {"file": args.output, "series": {k: sorted(v) for k, v in curves.items()}}}
+    options = {"tflite": not args.no_tflite, "count": args.count, "threshold": args.threshold}
+    return run_all_at(args.run, args.output, **options)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; always end with the envelope's JSON line (exit 0, 1, or 2 for bad input)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    args = build_parser().parse_args(argv)
     try:
-        if args.command == "check":
-            result = {"ok": True, **check(args.saved_model, read_labels(args.label_map))}
-        elif args.command == "tflite":
-            result = to_tflite(args.saved_model, args.output)
-        elif args.command == "preview":
-            result = preview(
-                args.saved_model,
-                args.data,
-                read_labels(args.label_map),
-                args.output,
-                args.count,
-                args.threshold,
-            )
-        elif args.command == "history":
-            result = history(args.tensorboard)
-            Path(args.output).write_text(json.dumps(result))
-            result = {"file": args.output, "series": {k: sorted(v) for k, v in result.items()}}
-        else:
-            result = run_all_at(
-                args.run,
-                args.output,
-                tflite=not args.no_tflite,
-                count=args.count,
-                threshold=args.threshold,
-            )
+        args = build_parser().parse_args(argv)
+    except SystemExit as error:  # argparse: usage errors are bad input
+        if error.code in (0, None):
+            raise
+        return emit(failure("invalid command line (see usage above)"), EXIT_BAD_INPUT)
+    result_file = getattr(args, "result_file", None)
+    try:
+        result = run_command(args)
     except Exception as error:  # noqa: BLE001 - the caller reads the reason from the JSON line
         log.error("%s", traceback.format_exc())
-        result, crashed = {"ok": False, "error": f"{type(error).__name__}: {_first_line(error)}"}, True
-    else:
-        crashed = False
-    text = json.dumps(result, default=str)
-    result_file = getattr(args, "result_file", None)
-    if result_file:
-        from airflow_cvat.envelope import write_atomically
-
-        write_atomically(result_file, text)
-    print(text, flush=True)
-    if result.get("ok", True) or (result_file and not crashed):
-        # With a result file, a broken model is an answer the caller reads (and publishes nothing),
-        # not a failed pod: KubernetesPodOperator fails the task on any non-zero exit.
-        return 0
-    return 1
+        return emit(crash(error), EXIT_FAILED, result_file)
+    return emit({"status": OK, **result}, EXIT_OK, result_file)
 
 
 if __name__ == "__main__":
