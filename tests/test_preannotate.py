@@ -543,6 +543,14 @@ def test_operator_module_imports_neither_tensorflow_nor_kubernetes() -> None:
     assert out.stdout.split()[1:] == ["False", "False"], (out.stdout, time.perf_counter() - started)
 
 
+def test_operators_default_to_the_hooks_connection() -> None:
+    """The operators name the CVAT connection without importing the hook (parse time)."""
+    from airflow_cvat.hooks.cvat import CVATHook
+    from airflow_cvat.operators import DEFAULT_CVAT_CONN_ID
+
+    assert DEFAULT_CVAT_CONN_ID == CVATHook.default_conn_name
+
+
 # ---- the optional DAG step ----------------------------------------------------------------------
 
 

@@ -263,6 +263,44 @@ def test_operator_modules_import_no_kubernetes() -> None:
     assert out.stdout.split()[-1:] == ["False"], out.stdout
 
 
+def test_operator_modules_import_only_what_their_classes_need() -> None:
+    """The DAG file imports every operator module on each parse: what only ``execute`` needs (the
+    hook, storage, the archive reader, the request contract, the gate, the plan) loads later."""
+    operators = ["backends", "base_model", "config", "convert", "export", "preannotate", "training"]
+    execute_only = [
+        "airflow_cvat.hooks.cvat",
+        "airflow_cvat.storage",
+        "airflow_cvat.export_archive",
+        "airflow_cvat.manifest",
+        "airflow_cvat.mirrors",
+        "airflow_cvat.layout",
+        "airflow_cvat.preannotation_request",
+        "airflow_cvat.training_plan",
+        "airflow_cvat.catalog",
+        "airflow_cvat.machines",
+        "airflow_cvat.operators.quality_gate",
+        "airflow_cvat.operators.base_model_pull",
+        "airflow_cvat.operators.export_plan",
+        "airflow_cvat.operators.preannotate_run",
+        "airflow_cvat.operators.trainer_command",
+        "airflow.sdk.bases.branch",
+        "airflow.providers.cncf.kubernetes.operators.pod",
+    ]
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {operators!r}: importlib.import_module('airflow_cvat.operators.' + name)\n"
+        f"print(json.dumps([m for m in {execute_only!r} if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    # ... and the names callers import from the operator modules still resolve (on first access).
+    from airflow_cvat.layout import safe_run_id
+    from airflow_cvat.operators import training
+    from airflow_cvat.operators.trainer_command import TrainerCommand as Builder
+
+    assert training.TrainerCommand is Builder and training.safe_run_id is safe_run_id
+
+
 # -- local execution ---------------------------------------------------------------------------
 
 

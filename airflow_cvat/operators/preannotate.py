@@ -248,7 +248,8 @@ class PreAnnotateOperator(LocalCommand, PreAnnotateParams, BaseOperator):
     :param cvat_url: the server URL as the command reaches it, when it differs from the connection's.
     :param storage_conn_id: AWS connection for s3:// models (AWS_* in the command's environment).
     :param enabled: false skips the task (AirflowSkipException); templated, for a DAG param.
-    :param trainer_module: the module run with ``python -m``; ``python``: the interpreter.
+    :param trainer_module: the module run with ``python -m`` (None: the pre-annotation command,
+        ``airflow_cvat.trainer.preannotate``); ``python``: the interpreter.
     :param env: extra, non-secret environment variables for the command.
     :return: the command's JSON summary (XCom).
     """
