@@ -58,7 +58,6 @@ STATE_FILE = "checkpoint"
 """tf.train's checkpoint state file: names the newest prefix in a folder."""
 INIT_BASE_DESCRIPTION = "base_model.json"
 """What ``trainer init-base`` writes next to its (random) checkpoint."""
-SETTINGS_VARIABLE = "cvat_retrain"
 
 
 class SourceUnreachable(AirflowException):

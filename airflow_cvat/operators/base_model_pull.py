@@ -24,12 +24,12 @@ from airflow_cvat import mirrors as mirror_setting
 from airflow_cvat.catalog import PULLED_MARKER, CatalogError, ModelSpec, get_model, load_catalog
 from airflow_cvat.operators.base_model import (
     INIT_BASE_DESCRIPTION,
-    SETTINGS_VARIABLE,
     STATE_FILE,
     SourceUnreachable,
     is_archive,
     is_http,
 )
+from airflow_cvat.operators.config import SETTINGS_VARIABLE
 from airflow_cvat.storage import (
     CHUNK_SIZE,
     COMPLETE_MARKER,

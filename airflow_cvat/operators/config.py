@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 SETTINGS_VARIABLE = "cvat_retrain"
+"""The deployment's settings (a JSON Variable): root, sources, catalogue, mirrors..."""
 
 
 class RetrainConfigOperator(BaseOperator):
