@@ -466,6 +466,8 @@ Not added: RetinaNet SpineNet-49 mobile (``tf_model_garden/vision/retinanet/spin
 """
 
 BUILTIN_MODELS: tuple[ModelSpec, ...] = SEED_MODELS + COCO_MODELS
+DEFAULT_MODEL = "ssd-mobilenet-v2-coco"
+"""The model a run trains when neither the run nor the deployment names one."""
 
 
 def load_catalog(extra_file: str | os.PathLike[str] | None = None) -> dict[str, ModelSpec]:

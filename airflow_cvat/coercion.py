@@ -14,6 +14,8 @@ import re
 from typing import Any
 
 TRUE = ("true", "1", "yes", "on")
+IDS_PATTERN = r"^\s*\[?[\s,]*(?:\d+(?:[\s,]+\d+)*)?[\s,]*\]?\s*$"
+"""What ``parse_ids`` accepts as text, for the trigger form's fields (checked in the browser)."""
 FALSE = ("false", "0", "no", "off")
 
 

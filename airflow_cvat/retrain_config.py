@@ -15,11 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow_cvat import coercion
+from airflow_cvat.catalog import DEFAULT_MODEL
 from airflow_cvat.training_plan import PlanError, TrainingPlan, plan_training
 
 EXECUTIONS = ("local", "kubernetes")
-DEFAULT_MODEL = "ssd-mobilenet-v2-coco"
-IDS_PATTERN = r"^\s*\[?[\s,]*(?:\d+(?:[\s,]+\d+)*)?[\s,]*\]?\s*$"
 """CVAT ids as the form takes them: "12, 13", "12 13" or one per line (a JSON Schema pattern)."""
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 

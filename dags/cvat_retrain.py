@@ -12,7 +12,8 @@ import pendulum
 from airflow.sdk import DAG, Param
 
 from airflow_cvat.arguments import ARGUMENTS_PATTERN, MAX_CLONES
-from airflow_cvat.catalog import load_catalog
+from airflow_cvat.catalog import DEFAULT_MODEL, load_catalog
+from airflow_cvat.coercion import IDS_PATTERN
 from airflow_cvat.machines import BUILTIN_MACHINE_TYPES
 from airflow_cvat.notifications.email import CVATEmailNotifier, ModelReportEmailOperator
 from airflow_cvat.operators.backends import RunBackendOperator
@@ -22,7 +23,6 @@ from airflow_cvat.operators.convert import ConvertModelOperator
 from airflow_cvat.operators.export import CVATExportOperator, RecordDatasetOperator
 from airflow_cvat.operators.preannotate import preannotate_operator
 from airflow_cvat.operators.training import LocalTrainingOperator
-from airflow_cvat.retrain_config import DEFAULT_MODEL, IDS_PATTERN
 
 DOC_MD = """
 # Retrain the CVAT pre-annotation model

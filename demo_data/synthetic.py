@@ -370,6 +370,26 @@ def _subset_name(frame: SyntheticFrame) -> str:
     return frame.subset or "default"
 
 
+def coco_document(categories: dict[str, int], images: list[dict], annotations: list[dict]) -> bytes:
+    """One ``instances_<subset>.json`` as CVAT's COCO 1.0 writes it (its empty licence and info
+    blocks included), so readers meet the file they will meet in a real export."""
+    document = {
+        "licenses": [{"name": "", "id": 0, "url": ""}],
+        "info": {
+            "contributor": "",
+            "date_created": "",
+            "description": "",
+            "url": "",
+            "version": "",
+            "year": "",
+        },
+        "categories": [{"id": cid, "name": name, "supercategory": ""} for name, cid in categories.items()],
+        "images": images,
+        "annotations": annotations,
+    }
+    return json.dumps(document).encode()
+
+
 class _CocoWriter(_ExportWriter):
     """COCO 1.0 as CVAT (datumaro) writes it: ``annotations/instances_<subset>.json`` per subset."""
 
@@ -425,23 +445,7 @@ class _CocoWriter(_ExportWriter):
         ]
 
     def _document(self, images: list[dict], annotations: list[dict]) -> bytes:
-        document = {
-            "licenses": [{"name": "", "id": 0, "url": ""}],
-            "info": {
-                "contributor": "",
-                "date_created": "",
-                "description": "",
-                "url": "",
-                "version": "",
-                "year": "",
-            },
-            "categories": [
-                {"id": cid, "name": name, "supercategory": ""} for name, cid in self.category_ids.items()
-            ],
-            "images": images,
-            "annotations": annotations,
-        }
-        return json.dumps(document).encode()
+        return coco_document(self.category_ids, images, annotations)
 
 
 class _CvatImagesWriter(_ExportWriter):

@@ -555,7 +555,7 @@ def test_operators_default_to_the_hooks_connection() -> None:
 
 
 def test_summary_reaches_the_success_email() -> None:
-    from airflow_cvat.notifications.email import build_report
+    from airflow_cvat.notifications.message import build_report
 
     outcome = {
         "model_name": "shapes",

@@ -24,6 +24,7 @@ tf = pytest.importorskip("tensorflow")
 from airflow_cvat.export_archive import read_labels_and_images  # noqa: E402
 from airflow_cvat.manifest import MANIFEST_NAME, Archive, Label, Manifest, fingerprint  # noqa: E402
 from airflow_cvat.trainer.prepare import DatasetError, prepare, summary_line  # noqa: E402
+from demo_data.synthetic import coco_document  # noqa: E402
 from tests.trainer_helpers import run_trainer  # noqa: E402
 
 RECORDED = Path(__file__).parent / "cvat_recorded"
@@ -200,24 +201,9 @@ def _project_coco() -> dict[str, bytes]:
                     "attributes": {"occluded": False, "rotation": 0.0},
                 }
             )
-        document = {
-            "licenses": [{"name": "", "id": 0, "url": ""}],
-            "info": {
-                "contributor": "",
-                "date_created": "",
-                "description": "",
-                "url": "",
-                "version": "",
-                "year": "",
-            },
-            "categories": [
-                {"id": 1, "name": "car", "supercategory": ""},
-                {"id": 2, "name": "person", "supercategory": ""},
-            ],
-            "images": images,
-            "annotations": annotations,
-        }
-        members[f"annotations/instances_{subset}.json"] = json.dumps(document).encode()
+        members[f"annotations/instances_{subset}.json"] = coco_document(
+            {"car": 1, "person": 2}, images, annotations
+        )
     return members
 
 

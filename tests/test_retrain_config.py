@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 
 from airflow_cvat.arguments import ARGUMENTS_PATTERN, ArgumentError, split_arguments
+from airflow_cvat.coercion import IDS_PATTERN
 from airflow_cvat.retrain_config import (
-    IDS_PATTERN,
     ConfigError,
     has_source,
     parse_ids,

@@ -1,7 +1,7 @@
 """Every catalogue model trains, evaluates and exports on CPU: a few steps on small generated data.
 
 Each run is the real command line (``python -m airflow_cvat.trainer train``, in a subprocess)
-on one shared generated export (16 images of 64 px; 8 validation images so every class is in
+on the same generated export (16 images of 64 px; 8 validation images so every class is in
 the validation split): prepare -> the fewest training steps (one; one per stage for Mask R-CNN)
 at the smallest input size the backbone takes -> COCO evaluation (metrics.json with AP, AP50,
 AP75, per-class AP; mask AP for Mask R-CNN) -> a SavedModel that the trainer reloads and runs
@@ -25,6 +25,7 @@ three stages, evaluation, serving), not training; so the runs switch Grappler of
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +34,7 @@ tf = pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.slow  # after the light tests (tests/conftest.py)
 
 from demo_data.datasets import make_dataset  # noqa: E402
+from tests.once import once_per_run  # noqa: E402
 from tests.trainer_helpers import run_trainer  # noqa: E402
 
 IMAGES, IMAGE_SIZE, VALIDATION = 16, 64, "0.5"
@@ -67,43 +69,38 @@ def each_model(*names: str) -> list:
     ]
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("models") / "dataset", IMAGES, size=IMAGE_SIZE)
+def model_run(tmp_path_factory, model: str) -> tuple[Path, dict, str]:
+    """The model's training run, once per test run: the test that asks first trains it, the
+    model's other tests read it (they share its worker: xdist_group), so none skips for want of it."""
 
+    def build(root: Path) -> dict:
+        dataset = make_dataset(root / "dataset", IMAGES, size=IMAGE_SIZE)
+        output, workdir = root / "run", root / "cwd"
+        workdir.mkdir()
+        code, result, stderr = run_trainer(
+            "train",
+            "--dataset",
+            dataset.as_uri(),
+            "--output",
+            output.as_uri(),
+            "--model",
+            model,
+            "--arguments",
+            MODELS[model][0],
+            "--validation-fraction",
+            VALIDATION,
+            env={"AIRFLOW_CVAT_GRAPH_OPTIMIZER": "0"},  # compiling, not running, dominates a few steps
+            cwd=workdir,
+        )
+        # Nothing lands in the working directory (Mask R-CNN's evaluator once wrote its ground
+        # truth there as annotation.json, and reused it for the next run in that directory).
+        assert not list(workdir.iterdir())
+        (root / "train.log").write_text(stderr)  # for a failure's post-mortem
+        assert code == 0, stderr[-6000:]
+        return {"output": str(output), "result": result, "log": stderr}
 
-@pytest.fixture(scope="module")
-def runs(dataset):
-    return {}
-
-
-def _train(dataset, model: str, runs: dict):
-    arguments = MODELS[model][0]
-    output = dataset.parent / "runs" / model
-    workdir = dataset.parent / "cwd" / model
-    workdir.mkdir(parents=True)
-    code, result, stderr = run_trainer(
-        "train",
-        "--dataset",
-        dataset.as_uri(),
-        "--output",
-        output.as_uri(),
-        "--model",
-        model,
-        "--arguments",
-        arguments,
-        "--validation-fraction",
-        VALIDATION,
-        env={"AIRFLOW_CVAT_GRAPH_OPTIMIZER": "0"},  # compiling, not running, dominates a few steps
-        cwd=workdir,
-    )
-    # Nothing lands in the working directory (Mask R-CNN's evaluator once wrote its ground truth
-    # there as annotation.json, and reused it for the next run in that directory).
-    assert not list(workdir.iterdir())
-    (output.parent / f"{model}.log").write_text(stderr)  # for a failure's post-mortem
-    assert code == 0, stderr[-6000:]
-    runs[model] = (output, result, stderr)
-    return output, result, stderr
+    run = once_per_run(tmp_path_factory, f"model-{model}", build)
+    return Path(run["output"]), run["result"], run["log"]
 
 
 def _shared_ssd_run(request):
@@ -113,9 +110,10 @@ def _shared_ssd_run(request):
 
 
 @pytest.mark.parametrize("model", each_model(*MODELS))
-def test_model_trains_evaluates_and_exports(request, dataset, runs, model):
+def test_model_trains_evaluates_and_exports(request, tmp_path_factory, model):
     arguments, steps, _ = MODELS[model]
-    output, result, stderr = _shared_ssd_run(request) if arguments is SHARED else _train(dataset, model, runs)
+    shared = arguments is SHARED
+    output, result, stderr = _shared_ssd_run(request) if shared else model_run(tmp_path_factory, model)
     assert result["status"] == "ok" and result["model"] == model
     assert result["steps"] == steps and result["arguments"]["steps"] == steps
     assert "steps/s ETA" in stderr
@@ -143,11 +141,9 @@ def test_model_trains_evaluates_and_exports(request, dataset, runs, model):
 
 
 @pytest.mark.parametrize("model", each_model("frcnn-res50-lowp", "mask-rcnn"))
-def test_saved_model_reloads_and_predicts_here(runs, model):
+def test_saved_model_reloads_and_predicts_here(tmp_path_factory, model):
     """Load the export in this process and run a frame of another size (batch of two)."""
-    if model not in runs:
-        pytest.skip(f"{model} did not train in this session")
-    output, _, _ = runs[model]
+    output, _, _ = model_run(tmp_path_factory, model)
     serve = tf.saved_model.load(str(output / "saved_model")).signatures["serving_default"]
     images = np.random.default_rng(1).integers(0, 255, size=(2, 50, 90, 3), dtype=np.uint8)
     out = {k: v.numpy() for k, v in serve(images=tf.constant(images)).items()}
@@ -159,19 +155,15 @@ def test_saved_model_reloads_and_predicts_here(runs, model):
 
 
 @pytest.mark.xdist_group("model-frcnn-nas-coco")
-def test_nas_ran_on_two_replicas(runs):
-    if "frcnn-nas-coco" not in runs:
-        pytest.skip("frcnn-nas-coco did not train in this session")
-    _, result, stderr = runs["frcnn-nas-coco"]
+def test_nas_ran_on_two_replicas(tmp_path_factory):
+    _, result, stderr = model_run(tmp_path_factory, "frcnn-nas-coco")
     assert result["num_replicas"] == 2 and result["arguments"]["num_clones"] == 2
     assert "replicas: 2 on /cpu:0, /cpu:1" in stderr
 
 
 @pytest.mark.xdist_group("model-mask-rcnn")
-def test_mask_rcnn_ran_three_stages(runs):
-    if "mask-rcnn" not in runs:
-        pytest.skip("mask-rcnn did not train in this session")
-    _, result, stderr = runs["mask-rcnn"]
+def test_mask_rcnn_ran_three_stages(tmp_path_factory):
+    _, result, stderr = model_run(tmp_path_factory, "mask-rcnn")
     assert result["arguments"]["stage_steps"] == [1, 1, 1]
     import re
 

@@ -14,26 +14,26 @@ and the log says so (a missing address must not fail a pipeline that worked).
 
 Without a mail server (the one-machine demo), ``save_dir`` writes each message as an ``.eml``
 file, alongside sending or instead of it (``smtp_conn_id=None``).
+
+The DAG file imports this module at every parse, so building (``message``), ``smtplib`` and the
+smtp provider are imported where a message is sent, not here.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import smtplib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.bases.notifier import BaseNotifier
 
-from airflow_cvat.notifications.message import build_failure, build_report
-
 if TYPE_CHECKING:
+    from email.message import EmailMessage
+
     from airflow.providers.smtp.hooks.smtp import SmtpHook
     from airflow.sdk import Context
 
@@ -73,6 +73,8 @@ def recipients(context: Context | dict, fallback: str | Iterable[str] | None = N
 def _send_message(hook: SmtpHook, message: EmailMessage, to: list[str]) -> None:
     """Send a ready ``EmailMessage`` through an open SmtpHook (the hook's own builder attaches
     files as application/octet-stream attachments, which mail clients do not show inline)."""
+    import smtplib
+
     client = hook._smtp_client
     if client is None:
         raise RuntimeError("call inside `with hook:` (the SMTP client is opened there)")
@@ -97,6 +99,8 @@ def send(
     ``save_dir`` also writes the message as ``.eml`` there (for a machine without a mail server,
     e.g. the one-machine demo); with ``smtp_conn_id=None`` it is only written. Returns the file.
     """
+    from email.utils import formatdate, make_msgid
+
     message["To"] = ", ".join(to)
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = make_msgid(domain="airflow-provider-cvat")
@@ -139,6 +143,8 @@ def send_model_report(
     if not addresses:
         log.warning("no recipients for the model report (conf 'emails', the DAG's 'emails' param); not sent")
         return None
+    from airflow_cvat.notifications.message import build_report
+
     message = build_report(outcome, dag_id=dag_id, run_id=run_id, cvat_url=cvat_url(cvat_conn_id))
     send(message, addresses, smtp_conn_id, from_email, save_dir)
     return message
@@ -198,6 +204,8 @@ class CVATEmailNotifier(BaseNotifier):
         self.save_dir = save_dir
 
     def notify(self, context: Context) -> None:
+        from airflow_cvat.notifications.message import build_failure, build_report
+
         addresses = recipients(context, self.to)
         if not addresses:
             self.log.warning("no email recipients (conf 'emails', the DAG's 'emails' param, to=); not sent")
@@ -273,6 +281,8 @@ class ModelReportEmailOperator(BaseOperator):
         self.save_dir = save_dir
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_cvat.notifications.message import build_report
+
         outcome = self.outcome
         if outcome is None and self.publish_task_id:
             outcome = context["ti"].xcom_pull(task_ids=self.publish_task_id)
