@@ -38,6 +38,7 @@ from airflow_cvat.operators.base_model import BaseModelPullOperator  # noqa: E40
 from airflow_cvat.trainer import base, cli, families, pretrained  # noqa: E402
 from demo_data.datasets import make_dataset  # noqa: E402
 from tests import pretrained_forms as forms  # noqa: E402
+from tests.trainer_helpers import train_argv  # noqa: E402
 
 MOBILENET = "ssd-mobilenet-v2-coco"
 MASK = "mask-rcnn"
@@ -200,24 +201,10 @@ def test_checkpoint_of_another_architecture_is_refused_before_training(mirror, t
     output = tmp_path / "run"
     result_file = tmp_path / "result.json"
     code = cli.main(
-        [
-            "train",
-            "--dataset",
-            dataset.as_uri(),
-            "--output",
-            output.as_uri(),
-            "--model",
-            MOBILENET,
-            "--base-checkpoint",
-            folder,
-            "--arguments",
-            "epochs=2;batch_size=2;input_size=64",
-            "--validation-fraction",
-            "0.5",
-            "--result-file",
-            str(result_file),
-        ]
-    )
+        train_argv(dataset, output, MOBILENET, "epochs=2;batch_size=2;input_size=64",
+                   "--base-checkpoint", folder, "--validation-fraction", "0.5",
+                   "--result-file", str(result_file))
+    )  # fmt: skip
     result = json.loads(result_file.read_text())
     assert code == cli.EXIT_BAD_INPUT, result
     error = result["error"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from demo_data.datasets import make_dataset
-from tests.trainer_helpers import run_trainer
+from tests.trainer_helpers import run_trainer, train_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,17 +158,7 @@ _STEP_LINE = re.compile(rf"step (\d+)/{STEPS} loss")
 
 
 def _train_command(dataset: Path, output: Path) -> list[str]:
-    return [
-        "train",
-        "--dataset",
-        dataset.as_uri(),
-        "--output",
-        output.as_uri(),
-        "--model",
-        "ssd-mobilenet-v2-coco",
-        "--arguments",
-        RESUME_ARGUMENTS,
-    ]
+    return train_argv(dataset, output, "ssd-mobilenet-v2-coco", RESUME_ARGUMENTS)
 
 
 def _latest_step(checkpoints: Path) -> int:

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow  # after the light tests (tests/conftest.py)
 
 from demo_data.datasets import make_dataset  # noqa: E402
 from tests.once import once_per_run  # noqa: E402
-from tests.trainer_helpers import run_trainer  # noqa: E402
+from tests.trainer_helpers import run_trainer, train_argv  # noqa: E402
 
 IMAGES, IMAGE_SIZE, VALIDATION = 16, 64, "0.5"
 LABELS = ("circle", "square", "triangle")
@@ -78,17 +78,7 @@ def model_run(tmp_path_factory, model: str) -> tuple[Path, dict, str]:
         output, workdir = root / "run", root / "cwd"
         workdir.mkdir()
         code, result, stderr = run_trainer(
-            "train",
-            "--dataset",
-            dataset.as_uri(),
-            "--output",
-            output.as_uri(),
-            "--model",
-            model,
-            "--arguments",
-            MODELS[model][0],
-            "--validation-fraction",
-            VALIDATION,
+            *train_argv(dataset, output, model, MODELS[model][0], "--validation-fraction", VALIDATION),
             env={"AIRFLOW_CVAT_GRAPH_OPTIMIZER": "0"},  # compiling, not running, dominates a few steps
             cwd=workdir,
         )

@@ -11,6 +11,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def train_argv(dataset: Path, output: Path, model: str, arguments: str, *more: str) -> list[str]:
+    """The trainer's ``train`` command line on a local dataset and output folder."""
+    return ["train", "--dataset", dataset.as_uri(), "--output", output.as_uri(), "--model", model,
+            "--arguments", arguments, *more]  # fmt: skip
+
+
 def run_trainer(
     *args: str, timeout: float = 600, env: dict | None = None, cwd: Path = REPO
 ) -> tuple[int, dict, str]:
