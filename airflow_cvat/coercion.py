@@ -14,9 +14,10 @@ import re
 from typing import Any
 
 TRUE = ("true", "1", "yes", "on")
-IDS_PATTERN = r"^\s*\[?[\s,]*(?:\d+(?:[\s,]+\d+)*)?[\s,]*\]?\s*$"
-"""What ``parse_ids`` accepts as text, for the trigger form's fields (checked in the browser)."""
 FALSE = ("false", "0", "no", "off")
+IDS_PATTERN = r"^\s*\[?[\s,]*(?:\d+(?:[\s,]+\d+)*)?[\s,]*\]?\s*$"
+"""CVAT ids as the form takes them ("12, 13", "12 13" or one per line): what ``parse_ids`` reads
+from text, as a JSON Schema pattern the browser checks before the form is sent."""
 
 
 def is_empty(value: Any) -> bool:

@@ -19,7 +19,6 @@ from airflow_cvat.catalog import DEFAULT_MODEL
 from airflow_cvat.training_plan import PlanError, TrainingPlan, plan_training
 
 EXECUTIONS = ("local", "kubernetes")
-"""CVAT ids as the form takes them: "12, 13", "12 13" or one per line (a JSON Schema pattern)."""
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 #: The keys a run's conf may hold (the DAG's params); anything else is refused as a likely typo.
